@@ -1,0 +1,181 @@
+"""Shared pieces of every benchmark: environment facts, timing, aligned tables, result files.
+
+A result file is JSON (machine-readable) plus Markdown (human-readable) in `bench/results/`, each
+carrying the device, the library versions and the exact command that produced it, so a number
+in the README can always be traced back and reproduced.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def cpu_features() -> Dict[str, bool]:
+    """The CPU features that decide which precision is fast (read from /proc/cpuinfo on Linux)."""
+    flags: set = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+    }
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment() -> Dict[str, Any]:
+    """Device and versions, stored beside every result."""
+    env: Dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_features": cpu_features(),
+    }
+    for name in ("triton", "transformers", "tokenizers", "safetensors", "numpy"):
+        try:
+            module = __import__(name)
+            env[name] = getattr(module, "__version__", "unknown")
+        except Exception:  # an optional package that is absent or broken is simply not listed
+            continue
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+        try:
+            import subprocess
+
+            env["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            pass
+    return env
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_it(fn: Callable[[], Any], *, warmup: int = 1, repeat: int = 3, sync: bool = False) -> float:
+    """Median seconds of `fn()` over `repeat` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    for _ in range(repeat):
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        if abs(value) >= 100:
+            return f"{value:.1f}"
+        if abs(value) >= 1:
+            return f"{value:.3f}"
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def format_table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None,
+                 markdown: bool = False) -> str:
+    """Rows of dicts as an aligned text table (or a Markdown table)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in rows) for c in columns]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts)
+
+    out = [line(columns)]
+    if markdown:
+        out.append("|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2))
+                                  for w, num in zip(widths, numeric)) + "|")
+    else:
+        out.append("  ".join("-" * w for w in widths))
+    out.extend(line(row) for row in cells)
+    return "\n".join(out)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_results(name: str, rows: Sequence[Dict[str, Any]], *, meta: Optional[Dict[str, Any]] = None,
+                  columns: Optional[Sequence[str]] = None, out_dir: Optional[Path] = None,
+                  notes: str = "") -> Dict[str, Path]:
+    """Write `<name>.json` and `<name>.md` with rows, environment and the command line."""
+    out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    command = " ".join(["nanoft" if i == 0 and a.endswith("nanoft") else a for i, a in enumerate(sys.argv)])
+    payload = {"name": name, "command": command, "environment": environment(), "meta": meta or {},
+               "rows": list(rows), "notes": notes}
+    json_path = out_dir / f"{name}.json"
+    md_path = out_dir / f"{name}.md"
+    atomic_write_text(json_path, json.dumps(payload, indent=2, default=str) + "\n")
+    env = payload["environment"]
+    device = env.get("gpu") or env.get("cpu")
+    md = [f"# {name}", "", f"Command: `{command}`", "",
+          f"Device: {device}; torch {env.get('torch')}"
+          + (f", triton {env['triton']}" if "triton" in env else "")
+          + (f", transformers {env['transformers']}" if "transformers" in env else ""), ""]
+    if meta:
+        md += [f"- {k}: {v}" for k, v in meta.items()] + [""]
+    md.append(format_table(rows, columns, markdown=True))
+    if notes:
+        md += ["", notes]
+    atomic_write_text(md_path, "\n".join(md) + "\n")
+    return {"json": json_path, "markdown": md_path}
