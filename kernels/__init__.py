@@ -1,0 +1,146 @@
+"""nanoft.kernels: one attention entry point over fused Triton kernels, torch SDPA and a reference.
+
+    out = nanoft.kernels.attention(q, k, v, key_padding_mask=None, window=None, dropout_p=0.0)
+
+q, k, v are (batch, heads, seq, head_dim); `key_padding_mask` (batch, seq_k) is True where a key is
+padding. impl="auto" runs the Triton flash-attention kernels on CUDA (fp16/bf16, head_dim 32/64/128,
+right-padded masks) and torch's scaled_dot_product_attention everywhere else. Triton is imported only
+when its path is taken, so CPU installs without it work.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from nanoft.errors import ConfigError
+from nanoft.kernels.checks import (TRITON_DTYPES, TRITON_HEAD_DIMS, check_common, check_cu_seqlens,
+                                   check_padded, check_triton, right_padded_lengths)
+from nanoft.kernels.reference import allowed_mask, reference_attention
+
+__all__ = ["attention", "varlen_attention", "dropout_keep_mask", "reference_attention", "allowed_mask",
+           "triton_available"]
+
+log = logging.getLogger(__name__)
+
+
+def triton_available() -> bool:
+    """True when the triton package can be imported (it is a dev extra)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _flash():
+    """The Triton kernels module, imported on first use."""
+    from nanoft.kernels import flash
+    return flash
+
+
+def _draw_seed(dropout_p: float, dropout_seed: Optional[int]) -> int:
+    """Dropout seed for the kernels: the caller's, else one drawn from torch's CPU generator
+    (so torch.manual_seed makes runs repeatable, and no GPU sync is needed)."""
+    if dropout_p == 0.0:
+        return 0
+    if dropout_seed is not None:
+        return int(dropout_seed)
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
+          window: Optional[int], num_global: int, dropout_p: float, causal: bool, scale: float) -> torch.Tensor:
+    """torch SDPA with our masks turned into its boolean attn_mask (True = keep)."""
+    if window is None and not causal and key_padding_mask is not None:
+        mask = ~key_padding_mask[:, None, None, :]  # (batch, 1, 1, seq_k), broadcast over heads and queries
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    if window is None and key_padding_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
+    mask = allowed_mask(q.shape[-2], k.shape[-2], key_padding_mask=key_padding_mask, window=window,
+                        num_global=num_global, causal=causal, device=q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None,
+              window: Optional[int] = None, dropout_p: float = 0.0, causal: bool = False,
+              scale: Optional[float] = None, impl: str = "auto", *, num_global: int = 0,
+              dropout_seed: Optional[int] = None) -> torch.Tensor:
+    """Scaled dot-product attention, (batch, heads, seq_q, d) x (batch, heads, seq_k, d) -> (batch, heads, seq_q, d).
+
+    key_padding_mask: (batch, seq_k) bool, True = padding. window: w keeps keys with |i - j| <= w.
+    num_global: with a window, the first num_global positions attend to all and are attended by all.
+    causal: key j <= query i. scale: defaults to 1/sqrt(head_dim). impl: auto | triton | sdpa | reference.
+    dropout_seed: seed of the Triton kernels' counter-based dropout (default: drawn from torch's RNG).
+    Query rows with no allowed key give zeros (triton) or NaN (reference).
+    """
+    check_common(q, k, v, ndim=4, layout="(batch, heads, seq, head_dim)", window=window, num_global=num_global,
+                 dropout_p=dropout_p, scale=scale, impl=impl)
+    check_padded(q, k, v, key_padding_mask)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if key_padding_mask is not None:
+        key_padding_mask = key_padding_mask.to(q.device)
+
+    if impl == "auto":
+        impl = "sdpa"
+        if q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS \
+                and v.shape[-1] == q.shape[-1] and triton_available():
+            impl = "triton"
+    if impl == "reference":
+        return reference_attention(q, k, v, key_padding_mask, window, dropout_p, causal, scale,
+                                   num_global=num_global)
+    if impl == "triton":
+        flash = _flash()
+        check_triton(q, v, flash.INTERPRET)
+        seqlens = None
+        if key_padding_mask is not None:
+            seqlens = right_padded_lengths(key_padding_mask)
+            if seqlens is None:
+                raise ConfigError("the Triton kernels need right-padded key_padding_mask rows (real tokens "
+                                  "first, then padding)", fix="pad on the right, or use impl='sdpa'")
+        return flash.flash_attention(q, k, v, seqlens=seqlens, window=window, num_global=num_global,
+                                     dropout_p=dropout_p, causal=causal, scale=scale,
+                                     seed=_draw_seed(dropout_p, dropout_seed))
+    return _sdpa(q, k, v, key_padding_mask, window, num_global, dropout_p, causal, scale)
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_seqlen: int, dropout_p: float = 0.0, causal: bool = False, scale: Optional[float] = None,
+                     window: Optional[int] = None, impl: str = "auto", *, num_global: int = 0,
+                     dropout_seed: Optional[int] = None) -> torch.Tensor:
+    """Attention over packed sequences: q, k, v (total_tokens, heads, d); sequence b owns tokens
+    cu_seqlens[b]:cu_seqlens[b+1] and attends only within itself. No padding is stored or computed.
+
+    impl="triton" (auto on CUDA) runs one kernel over all sequences; sdpa/reference loop over them.
+    """
+    check_common(q, k, v, ndim=3, layout="(total_tokens, heads, head_dim)", window=window, num_global=num_global,
+                 dropout_p=dropout_p, scale=scale, impl=impl)
+    check_cu_seqlens(q, k, v, cu_seqlens, max_seqlen)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if impl == "auto":
+        impl = "sdpa"
+        if q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS \
+                and v.shape[-1] == q.shape[-1] and triton_available():
+            impl = "triton"
+    if impl == "triton":
+        flash = _flash()
+        check_triton(q, v, flash.INTERPRET)
+        return flash.flash_varlen_attention(q, k, v, cu_seqlens.to(device=q.device, dtype=torch.int32),
+                                            max_seqlen, window=window, num_global=num_global, dropout_p=dropout_p,
+                                            causal=causal, scale=scale, seed=_draw_seed(dropout_p, dropout_seed))
+    outs = []
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        # one sequence at a time: (len, heads, d) -> (1, heads, len, d)
+        qs, ks, vs = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
+        out = attention(qs, ks, vs, window=window, dropout_p=dropout_p, causal=causal, scale=scale, impl=impl,
+                        num_global=num_global)
+        outs.append(out[0].transpose(0, 1))  # (len, heads, d)
+    return torch.cat(outs, dim=0)
+
+
+def dropout_keep_mask(seed: int, batch: int, heads: int, seq_q: int, seq_k: int, dropout_p: float,
+                      device: torch.device | str = "cuda") -> torch.Tensor:
+    """The keep-mask (True = kept) that the Triton kernels draw for `seed`, as a (batch, heads, seq_q, seq_k)
+    bool tensor: the same counter-based RNG and offsets, so a reference can reproduce a dropout run."""
+    return _flash().dropout_keep_mask(seed, batch, heads, seq_q, seq_k, dropout_p, torch.device(device))

@@ -1,0 +1,81 @@
+"""Pieces every attention kind shares: input checks, the default scale, a padding-safe softmax.
+
+All kinds take q, k, v as `(batch, heads, seq, head_dim)` and an optional bool
+`key_padding_mask` `(batch, seq)` that is True where a key is padding.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nanoft.errors import ConfigError
+
+
+def default_scale(head_dim: int, scale: Optional[float]) -> float:
+    """The softmax temperature: 1/sqrt(head_dim) unless given."""
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor]) -> None:
+    """Fail early with shapes in the message, instead of deep inside a matmul."""
+    if q.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"attention expects q, k, v as (batch, heads, seq, head_dim) with matching "
+                         f"batch, heads and head_dim; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (k.shape[0], k.shape[2]):
+            raise ValueError(f"key_padding_mask must be a bool tensor (batch, seq_k) = "
+                             f"{(k.shape[0], k.shape[2])} with True at padding; got "
+                             f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+
+
+def check_length(kind: str, seq: int, max_length: int) -> None:
+    """Kinds with per-position parameters or layouts cannot go past the length they were built for."""
+    if seq > max_length:
+        raise ConfigError(f"{kind} attention was built for max_length={max_length} but got a sequence "
+                          f"of {seq} tokens", fix=f"build it with max_length >= {seq} or truncate inputs")
+
+
+def key_is_valid(key_padding_mask: Optional[Tensor], batch: int, seq: int, device: torch.device) -> Tensor:
+    """(batch, seq) bool, True where a key may be attended to."""
+    if key_padding_mask is None:
+        return torch.ones(batch, seq, dtype=torch.bool, device=device)
+    return ~key_padding_mask
+
+
+def masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
+    """Softmax over the last dim in fp32, over `allowed` entries only.
+
+    A row with nothing allowed (e.g. a padded query whose whole window is padding) gets all
+    zeros instead of NaN, so it cannot poison the gradients of the rows around it.
+    """
+    scores = scores.float().masked_fill(~allowed, float("-inf"))
+    top = scores.amax(dim=-1, keepdim=True).detach()
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    weights = torch.exp(scores - top)
+    return weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+
+
+def attention_dropout(probs: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout on attention probabilities, active only while training."""
+    return F.dropout(probs, p=p, training=True) if training and p > 0.0 else probs
+
+
+def make_generator(seed: Optional[int], draw: int = 0) -> Optional[torch.Generator]:
+    """A CPU generator for draw number `draw` of a seeded module, or None to use torch's global one.
+
+    Seeding by (seed, draw) makes every redraw reproducible without keeping generator state.
+    """
+    if seed is None:
+        return None
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + draw)
+
+
+def require(condition: bool, kind: str, message: str, fix: str) -> None:
+    """Raise a ConfigError for a bad option value of `kind`."""
+    if not condition:
+        raise ConfigError(f"{kind} attention: {message}", fix=fix)

@@ -1,0 +1,148 @@
+"""BigBird attention (Zaheer et al., 2020): block-sparse window + global + random blocks.
+
+The sequence is cut into blocks of `block_size`. A query block attends to the first
+`num_global_blocks` blocks, to `num_window_blocks` blocks centred on itself and to
+`num_random_blocks` other blocks picked at random; the global blocks attend to everything.
+Each query block gathers only its key blocks, so memory is O(n), never n x n.
+
+The random layout is fixed per module: a persistent buffer holds, per head and query block, a
+random priority for every key block, and a query block takes the highest-priority blocks not
+already in its window or among the globals. Priorities for max_length blocks are stored, so any
+shorter input reads a consistent layout and a checkpoint reproduces it exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nanoft.attention.base import (attention_dropout, check_inputs, check_length, default_scale,
+                                   key_is_valid, make_generator, masked_softmax, require)
+
+
+@dataclass
+class BigBirdOptions:
+    """block_size: tokens per block; num_window_blocks: odd, the block and (num-1)/2 each side;
+    num_global_blocks: blocks at the start with global attention; num_random_blocks: random key
+    blocks per query block; seed: None uses torch's global generator for the layout."""
+
+    block_size: int = 64
+    num_window_blocks: int = 3
+    num_global_blocks: int = 1
+    num_random_blocks: int = 3
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.block_size, int) and self.block_size > 0, "bigbird",
+                f"block_size must be a positive int, got {self.block_size!r}", "pass e.g. block_size=64")
+        require(isinstance(self.num_window_blocks, int) and self.num_window_blocks > 0
+                and self.num_window_blocks % 2 == 1, "bigbird",
+                f"num_window_blocks must be a positive odd int, got {self.num_window_blocks!r}",
+                "pass e.g. num_window_blocks=3")
+        for name in ("num_global_blocks", "num_random_blocks"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 0, "bigbird", f"{name} must be an int >= 0, got {value!r}",
+                    f"pass e.g. {name}=1")
+
+
+class BigBirdAttention(nn.Module):
+    """Block-sparse attention: global, sliding-window and random key blocks per query block."""
+
+    Options = BigBirdOptions
+
+    def __init__(self, num_heads: int, head_dim: int, max_length: int, dropout: float = 0.0,
+                 scale: Optional[float] = None, *, block_size: int = 64, num_window_blocks: int = 3,
+                 num_global_blocks: int = 1, num_random_blocks: int = 3, seed: Optional[int] = None) -> None:
+        super().__init__()
+        self.options = BigBirdOptions(block_size=block_size, num_window_blocks=num_window_blocks,
+                                      num_global_blocks=num_global_blocks,
+                                      num_random_blocks=num_random_blocks, seed=seed)
+        self.num_heads, self.head_dim, self.max_length = num_heads, head_dim, max_length
+        self.dropout = dropout
+        self.scale = default_scale(head_dim, scale)
+        max_blocks = -(-max_length // block_size)
+        # (heads, query block, key block): a random permutation of priorities per row.
+        self.register_buffer("random_priority", torch.empty(num_heads, max_blocks, max_blocks, dtype=torch.long))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw a new random layout (from `seed` if set)."""
+        heads, rows, cols = self.random_priority.shape
+        noise = torch.rand(heads, rows, cols, generator=make_generator(self.options.seed))
+        self.random_priority.copy_(noise.argsort(dim=-1))
+
+    def layout(self, blocks: int) -> Tuple[Tensor, Tensor]:
+        """Key blocks of each non-global query block: indices and validity, (heads, queries, slots).
+
+        Slots are [global blocks | window blocks | random blocks]; a window slot that falls off the
+        ends or onto a global block, or a random slot with no block left to pick, is invalid.
+        """
+        o = self.options
+        device = self.random_priority.device
+        heads = self.num_heads
+        g = min(o.num_global_blocks, blocks)
+        rows = torch.arange(g, blocks, device=device)  # non-global query blocks
+        half = o.num_window_blocks // 2
+        glob_idx = torch.arange(g, device=device).expand(len(rows), g)
+        win_idx = rows[:, None] + torch.arange(-half, half + 1, device=device)  # (queries, window)
+        win_ok = (win_idx >= g) & (win_idx < blocks)
+        win_idx = win_idx.clamp(0, blocks - 1)
+
+        cols = torch.arange(blocks, device=device)
+        taken = (cols < g) | ((cols - rows[:, None]).abs() <= half)  # (queries, blocks): global or window
+        priority = self.random_priority[:, g:blocks, :blocks].masked_fill(taken, -1)  # (heads, queries, blocks)
+        r = min(o.num_random_blocks, blocks)
+        top, rand_idx = priority.topk(r, dim=-1)  # (heads, queries, r)
+        rand_ok = top >= 0
+
+        idx = torch.cat([glob_idx.expand(heads, -1, -1), win_idx.expand(heads, -1, -1), rand_idx], dim=-1)
+        ok = torch.cat([torch.ones_like(glob_idx, dtype=torch.bool).expand(heads, -1, -1),
+                        win_ok.expand(heads, -1, -1), rand_ok], dim=-1)
+        return idx, ok  # (heads, queries, slots)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        check_inputs(q, k, v, key_padding_mask)
+        batch, heads, n, dim = q.shape
+        check_length("bigbird", n, self.max_length)
+        bs = self.options.block_size
+        blocks = -(-n // bs)
+        n_pad = blocks * bs
+        g = min(self.options.num_global_blocks, blocks)
+        valid = F.pad(key_is_valid(key_padding_mask, batch, n, q.device), (0, n_pad - n), value=False)
+        q, k, v = (F.pad(t, (0, 0, 0, n_pad - n)) for t in (q, k, v))  # (batch, heads, n_pad, dim)
+
+        out_global = self._global_queries(q[:, :, : g * bs], k, v, valid)  # (batch, heads, g * bs, dim)
+        if g == blocks:
+            return out_global[:, :, :n]
+        idx, ok = self.layout(blocks)  # (heads, queries, slots)
+        queries, slots = idx.shape[1:]
+        head = torch.arange(heads, device=q.device)[:, None, None]
+        k_sel = k.view(batch, heads, blocks, bs, dim)[:, head, idx]  # (batch, heads, queries, slots, bs, dim)
+        v_sel = v.view(batch, heads, blocks, bs, dim)[:, head, idx]
+        k_sel = k_sel.reshape(batch, heads, queries, slots * bs, dim)
+        v_sel = v_sel.reshape(batch, heads, queries, slots * bs, dim)
+        key_ok = valid.view(batch, blocks, bs)[:, idx] & ok[None, :, :, :, None]  # (batch, heads, queries, slots, bs)
+        key_ok = key_ok.reshape(batch, heads, queries, 1, slots * bs)
+
+        q_blocks = q[:, :, g * bs:].reshape(batch, heads, queries, bs, dim)
+        scores = (q_blocks @ k_sel.transpose(-2, -1)) * self.scale  # (batch, heads, queries, bs, slots * bs)
+        probs = masked_softmax(scores, key_ok)
+        probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
+        out_sparse = (probs @ v_sel).reshape(batch, heads, queries * bs, dim)
+        return torch.cat([out_global, out_sparse], dim=2)[:, :, :n]
+
+    def _global_queries(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor) -> Tensor:
+        """Queries of the global blocks attend to every non-padded key."""
+        scores = (q @ k.transpose(-2, -1)) * self.scale  # (batch, heads, g * bs, n_pad)
+        probs = masked_softmax(scores, valid[:, None, None, :])
+        probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
+        return probs @ v
+
+    def extra_repr(self) -> str:
+        o = self.options
+        return (f"heads={self.num_heads}, head_dim={self.head_dim}, block_size={o.block_size}, "
+                f"window_blocks={o.num_window_blocks}, global_blocks={o.num_global_blocks}, "
+                f"random_blocks={o.num_random_blocks}, dropout={self.dropout}")

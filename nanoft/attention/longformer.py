@@ -1,0 +1,111 @@
+"""Longformer attention (Beltagy et al., 2020): a sliding window plus a few global tokens.
+
+Query i attends to keys j with |i - j| <= window, and to every global key; a global query
+(e.g. [CLS] at position 0) attends to all keys. Memory is O(n * window), never n x n: queries
+are cut into blocks of c >= window positions and each block is scored against the band of
+c + 2 * window keys around it (the sliding-chunks trick), read as strided views of the
+padded keys. Global keys are scored as extra columns of the same softmax, and are left out of
+the band so no key is counted twice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nanoft.attention.base import (attention_dropout, check_inputs, default_scale, key_is_valid,
+                                   masked_softmax, require)
+
+MIN_BLOCK = 32  # tiny windows still score queries in blocks of at least this many
+
+
+@dataclass
+class LongformerOptions:
+    """window: keys on each side of a query; global_positions: positions with global attention."""
+
+    window: int = 256
+    global_positions: Tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.window, int) and self.window >= 0, "longformer",
+                f"window must be an int >= 0, got {self.window!r}", "pass e.g. window=256")
+        positions = tuple(self.global_positions)
+        require(all(isinstance(p, int) and p >= 0 for p in positions), "longformer",
+                f"global_positions must be ints >= 0, got {self.global_positions!r}",
+                "pass e.g. global_positions=(0,)")
+        self.global_positions = tuple(sorted(set(positions)))
+
+
+class LongformerAttention(nn.Module):
+    """Sliding-window attention with global tokens, in O(n * window) memory."""
+
+    Options = LongformerOptions
+
+    def __init__(self, num_heads: int, head_dim: int, max_length: int, dropout: float = 0.0,
+                 scale: Optional[float] = None, *, window: int = 256,
+                 global_positions: Tuple[int, ...] = (0,)) -> None:
+        super().__init__()
+        self.options = LongformerOptions(window=window, global_positions=global_positions)
+        self.num_heads, self.head_dim, self.max_length = num_heads, head_dim, max_length
+        self.dropout = dropout
+        self.scale = default_scale(head_dim, scale)
+
+    def reset_parameters(self) -> None:
+        """Nothing to initialise (no separate global projections)."""
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        check_inputs(q, k, v, key_padding_mask)
+        batch, heads, n, dim = q.shape
+        valid = key_is_valid(key_padding_mask, batch, n, q.device)  # (batch, seq)
+        glob = torch.tensor([p for p in self.options.global_positions if p < n], dtype=torch.long,
+                            device=q.device)
+        w = min(self.options.window, n - 1)
+        out = self._banded(q, k, v, valid, glob, w)
+        if glob.numel() > 0:
+            out = out.index_copy(2, glob, self._global_queries(q, k, v, valid, glob))
+        return out
+
+    def _banded(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, glob: Tensor, w: int) -> Tensor:
+        """Every query against its window of non-global keys plus all global keys."""
+        batch, heads, n, dim = q.shape
+        c = min(max(w, MIN_BLOCK), n)  # query block size
+        blocks = -(-n // c)
+        n_pad = blocks * c
+        span = c + 2 * w  # keys seen by one query block
+        is_global = torch.zeros(n, dtype=torch.bool, device=q.device)
+        is_global[glob] = True
+        # Pad keys by w in front and w (plus block padding) behind, then view overlapping bands.
+        k_band = F.pad(k, (0, 0, w, n_pad - n + w)).unfold(2, span, c)  # (batch, heads, blocks, dim, span)
+        v_band = F.pad(v, (0, 0, w, n_pad - n + w)).unfold(2, span, c)  # (batch, heads, blocks, dim, span)
+        key_ok = F.pad(valid & ~is_global, (w, n_pad - n + w), value=False).unfold(1, span, c)  # (batch, blocks, span)
+        q_blocks = F.pad(q, (0, 0, 0, n_pad - n)).view(batch, heads, blocks, c, dim)
+        # Query r of a block and key slot s of its band are s - w - r positions apart.
+        offset = torch.arange(span, device=q.device)[None, :] - torch.arange(c, device=q.device)[:, None]
+        in_window = (offset >= 0) & (offset <= 2 * w)  # (c, span)
+        band_scores = (q_blocks @ k_band) * self.scale  # (batch, heads, blocks, c, span)
+        band_ok = in_window & key_ok[:, None, :, None, :]  # (batch, 1, blocks, c, span)
+
+        k_glob, v_glob = k[:, :, glob], v[:, :, glob]  # (batch, heads, globals, dim)
+        glob_scores = (q_blocks @ k_glob.transpose(-2, -1).unsqueeze(2)) * self.scale  # (batch, heads, blocks, c, globals)
+        glob_ok = valid[:, glob][:, None, None, None, :].expand(-1, -1, blocks, c, -1)  # (batch, 1, blocks, c, globals)
+
+        probs = masked_softmax(torch.cat([band_scores, glob_scores], dim=-1),
+                               torch.cat([band_ok, glob_ok], dim=-1))
+        probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
+        out = probs[..., :span] @ v_band.transpose(-2, -1) + probs[..., span:] @ v_glob.unsqueeze(2)
+        return out.reshape(batch, heads, n_pad, dim)[:, :, :n]  # (batch, heads, seq, dim)
+
+    def _global_queries(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, glob: Tensor) -> Tensor:
+        """Global queries attend to every non-padded key: (batch, heads, globals, dim)."""
+        scores = (q[:, :, glob] @ k.transpose(-2, -1)) * self.scale  # (batch, heads, globals, seq)
+        probs = masked_softmax(scores, valid[:, None, None, :])
+        probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
+        return probs @ v
+
+    def extra_repr(self) -> str:
+        o = self.options
+        return (f"heads={self.num_heads}, head_dim={self.head_dim}, window={o.window}, "
+                f"global_positions={o.global_positions}, dropout={self.dropout}")

@@ -1,0 +1,159 @@
+"""ModelConfig: the one description of an encoder, whatever its family.
+
+BERT, RoBERTa and DistilBERT are the same post-LayerNorm transformer encoder; they differ only
+in a handful of numbers and switches (token types or not, where position ids start, which
+activation). Those live here, so the model code has no per-family branches beyond reading them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from nanoft.errors import CheckpointError
+
+FAMILIES = ("bert", "roberta", "distilbert")
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "tanh")
+
+
+@dataclass
+class ModelConfig:
+    family: str = "bert"
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    activation: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2  # 0: no token-type embedding (DistilBERT)
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    classifier_dropout: Optional[float] = None  # None: use hidden_dropout
+    pad_token_id: int = 0
+    # RoBERTa counts positions from pad_token_id + 1 and gives padding the pad position.
+    position_offset: int = 0
+    attention: str = "full"
+    attention_options: Dict[str, Any] = field(default_factory=dict)
+    # Everything else found in config.json, written back on save so nothing is lost.
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def max_length(self) -> int:
+        """Longest input the position table allows."""
+        return self.max_position_embeddings - self.position_offset
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise CheckpointError(f"unknown model family {self.family!r}",
+                                  fix=f"use one of {', '.join(FAMILIES)}")
+        if self.hidden_size % self.num_heads:
+            raise CheckpointError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.activation not in ACTIVATIONS:
+            raise CheckpointError(f"unsupported activation {self.activation!r}",
+                                  fix=f"use one of {', '.join(ACTIVATIONS)}")
+
+    # ----------------------------------------------------------------- HF config.json
+    @classmethod
+    def from_hf(cls, hf: Dict[str, Any], path: Optional[str] = None) -> "ModelConfig":
+        """Read a Hugging Face config.json dict (bert, roberta, xlm-roberta, distilbert)."""
+        model_type = hf.get("model_type")
+        if model_type is None:
+            archs = " ".join(hf.get("architectures") or []).lower()
+            model_type = next((f for f in ("distilbert", "roberta", "bert") if f in archs), None)
+        if model_type in ("xlm-roberta", "camembert"):
+            model_type = "roberta"
+        if model_type not in FAMILIES:
+            raise CheckpointError(f"unsupported model_type {model_type!r}", path=path,
+                                  fix=f"nanoft loads {', '.join(FAMILIES)} checkpoints")
+        try:
+            if model_type == "distilbert":
+                known = {"model_type", "vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "activation",
+                         "max_position_embeddings", "dropout", "attention_dropout", "seq_classif_dropout",
+                         "pad_token_id"}
+                cfg = cls(family="distilbert", vocab_size=hf["vocab_size"], hidden_size=hf.get("dim", 768),
+                          num_layers=hf.get("n_layers", 6), num_heads=hf.get("n_heads", 12),
+                          intermediate_size=hf.get("hidden_dim", 3072), activation=hf.get("activation", "gelu"),
+                          max_position_embeddings=hf.get("max_position_embeddings", 512), type_vocab_size=0,
+                          layer_norm_eps=1e-12, hidden_dropout=hf.get("dropout", 0.1),
+                          attention_dropout=hf.get("attention_dropout", 0.1),
+                          classifier_dropout=hf.get("seq_classif_dropout", 0.2),
+                          pad_token_id=hf.get("pad_token_id", 0) or 0)
+            else:
+                known = {"model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                         "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
+                         "layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                         "classifier_dropout", "pad_token_id"}
+                pad = hf.get("pad_token_id", 1 if model_type == "roberta" else 0)
+                pad = pad if pad is not None else 0
+                cfg = cls(family=model_type, vocab_size=hf["vocab_size"], hidden_size=hf.get("hidden_size", 768),
+                          num_layers=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
+                          intermediate_size=hf.get("intermediate_size", 3072),
+                          activation=hf.get("hidden_act", "gelu"),
+                          max_position_embeddings=hf.get("max_position_embeddings", 512),
+                          type_vocab_size=hf.get("type_vocab_size", 2),
+                          layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+                          hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+                          attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+                          classifier_dropout=hf.get("classifier_dropout"),
+                          pad_token_id=pad, position_offset=pad + 1 if model_type == "roberta" else 0)
+        except KeyError as e:
+            raise CheckpointError(f"config.json lacks required key {e.args[0]!r}", path=path) from None
+        cfg.extra = {k: v for k, v in hf.items() if k not in known}
+        nanoft_extra = cfg.extra.pop("nanoft", None)
+        if isinstance(nanoft_extra, dict):
+            cfg.attention = nanoft_extra.get("attention", "full")
+            cfg.attention_options = dict(nanoft_extra.get("attention_options", {}))
+        return cfg
+
+    def to_hf(self) -> Dict[str, Any]:
+        """The config.json `transformers` reads back (plus a `nanoft` block for our own settings)."""
+        if self.family == "distilbert":
+            hf: Dict[str, Any] = {
+                "model_type": "distilbert", "vocab_size": self.vocab_size, "dim": self.hidden_size,
+                "n_layers": self.num_layers, "n_heads": self.num_heads, "hidden_dim": self.intermediate_size,
+                "activation": self.activation, "max_position_embeddings": self.max_position_embeddings,
+                "dropout": self.hidden_dropout, "attention_dropout": self.attention_dropout,
+                "seq_classif_dropout": self.classifier_dropout if self.classifier_dropout is not None else 0.2,
+                "pad_token_id": self.pad_token_id,
+            }
+        else:
+            hf = {
+                "model_type": self.family, "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+                "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+                "intermediate_size": self.intermediate_size, "hidden_act": self.activation,
+                "max_position_embeddings": self.max_position_embeddings, "type_vocab_size": self.type_vocab_size,
+                "layer_norm_eps": self.layer_norm_eps, "hidden_dropout_prob": self.hidden_dropout,
+                "attention_probs_dropout_prob": self.attention_dropout,
+                "classifier_dropout": self.classifier_dropout, "pad_token_id": self.pad_token_id,
+            }
+        out = {**self.extra, **hf}
+        if self.attention != "full" or self.attention_options:
+            out["nanoft"] = {"attention": self.attention, "attention_options": self.attention_options}
+        return out
+
+    @classmethod
+    def from_file(cls, path: "str | Path") -> "ModelConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError("config.json not found", path=str(path),
+                                  fix="point to a Hugging Face model directory with config.json + model.safetensors")
+        try:
+            hf = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            line = getattr(e, "lineno", None)
+            raise CheckpointError(f"config.json is not valid JSON ({e.__class__.__name__})", path=str(path),
+                                  line=line, fix="repair or re-export the checkpoint") from None
+        if not isinstance(hf, dict):
+            raise CheckpointError("config.json must hold a JSON object", path=str(path))
+        return cls.from_hf(hf, path=str(path))
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,81 @@
+"""Task heads on top of the encoder's last hidden state.
+
+The three families' sequence-classification heads are one shape, `out(drop(act(dense(cls))))`,
+differing only in the activation (tanh for BERT's pooler and RoBERTa, ReLU for DistilBERT) and
+whether dropout also precedes the dense layer (RoBERTa). So there is one class, configured.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanoft.config import ModelConfig
+from nanoft.models.encoder import activation_fn
+
+HEADS = ("classification", "regression", "token-classification", "masked-lm")
+
+
+class ClassificationHead(nn.Module):
+    """Sentence-level head on the first token ([CLS] / <s>)."""
+
+    def __init__(self, config: ModelConfig, num_labels: int) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.dense = nn.Linear(h, h)
+        self.out = nn.Linear(h, num_labels)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
+        self.dropout = nn.Dropout(p)
+        self.activation = "relu" if config.family == "distilbert" else "tanh"
+        self.dropout_before_dense = config.family == "roberta"
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = hidden[:, 0]  # (batch, hidden): the first token summarises the sequence
+        if self.dropout_before_dense:
+            x = self.dropout(x)
+        x = self.dense(x)
+        x = torch.tanh(x) if self.activation == "tanh" else F.relu(x)
+        return self.out(self.dropout(x))
+
+
+class TokenClassificationHead(nn.Module):
+    def __init__(self, config: ModelConfig, num_labels: int) -> None:
+        super().__init__()
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
+        self.dropout = nn.Dropout(p)
+        self.out = nn.Linear(config.hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(hidden))  # (batch, seq, num_labels)
+
+
+class MaskedLMHead(nn.Module):
+    """dense → activation → LayerNorm → projection onto the (tied) word embeddings + bias."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.dense = nn.Linear(h, h)
+        self.act = activation_fn("gelu" if config.family == "roberta" else config.activation)
+        self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.act(self.dense(hidden)))
+        return F.linear(x, word_embeddings, self.bias)  # (batch, seq, vocab)
+
+
+def build_head(config: ModelConfig, head: Optional[str], num_labels: int) -> Optional[nn.Module]:
+    if head is None:
+        return None
+    if head == "classification":
+        return ClassificationHead(config, num_labels)
+    if head == "regression":
+        return ClassificationHead(config, 1)
+    if head == "token-classification":
+        return TokenClassificationHead(config, num_labels)
+    if head == "masked-lm":
+        return MaskedLMHead(config)
+    raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)} or None")

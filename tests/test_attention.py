@@ -1,0 +1,351 @@
+"""Attention kinds: registry, shared behaviour (shape, padding, gradients, dtype, checkpoints) and
+the exact equalities each efficient kind has with full attention in a limiting configuration."""
+from __future__ import annotations
+
+import inspect
+import math
+
+import pytest
+import torch
+
+from nanoft.attention import (BigBird, BigBirdAttention, Full, FullAttention, Linformer, Longformer,
+                              LongformerAttention, Performer, PerformerAttention, available, build,
+                              options_of)
+from nanoft.errors import ConfigError
+
+HEADS, DIM, MAXLEN = 2, 16, 64
+
+# Small settings per kind so that every kind is really sparse/low-rank at seq = 40.
+SMALL = {
+    "full": {},
+    "linformer": {"k": 8},
+    "performer": {"num_features": 32, "seed": 0},
+    "longformer": {"window": 3, "global_positions": (0,)},
+    "bigbird": {"block_size": 8, "num_random_blocks": 1, "seed": 0},
+}
+
+
+def dense_attention(q, k, v, allowed=None, scale=None):
+    """softmax(q k^T * scale) v with an explicit (…, seq_q, seq_k) mask, True = allowed."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def padding_mask(lengths, seq):
+    return torch.arange(seq)[None, :] >= torch.tensor(lengths)[:, None]  # (batch, seq), True = padding
+
+
+def qkv(batch=2, seq=40, dim=DIM, heads=HEADS, seed=0, dtype=torch.float32, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, heads, seq, dim, generator=g) * scale).to(dtype) for _ in range(3)]
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+def test_registry_lists_all_kinds_and_aliases():
+    assert available() == ["full", "linformer", "performer", "longformer", "bigbird"]
+    assert (Full, Linformer, Performer, Longformer, BigBird)[2] is PerformerAttention
+    for kind in available():
+        module = build(kind, num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, dropout=0.1)
+        assert module.dropout == 0.1 and hasattr(module, "reset_parameters")
+
+
+@pytest.mark.parametrize("kind", ["full", "linformer", "performer", "longformer", "bigbird"])
+def test_options_of_matches_constructor_keywords(kind):
+    cls = {"full": FullAttention, "linformer": Linformer, "performer": Performer,
+           "longformer": LongformerAttention, "bigbird": BigBirdAttention}[kind]
+    params = inspect.signature(cls.__init__).parameters.values()
+    keyword_only = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert options_of(kind) == keyword_only
+
+
+def test_unknown_kind_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"unknown attention kind 'perfomer'.*did you mean 'performer'.*bigbird"):
+        build("perfomer", num_heads=2, head_dim=8, max_length=16)
+
+
+def test_unknown_option_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"'num_feature'.*did you mean 'num_features'.*redraw_interval"):
+        build("performer", num_heads=2, head_dim=8, max_length=16, num_feature=8)
+    with pytest.raises(ConfigError, match=r"unknown full attention option 'window'.*valid: \(none\)"):
+        build("full", num_heads=2, head_dim=8, max_length=16, window=4)
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("linformer", {"k": 0}), ("performer", {"kernel": "tanh"}), ("performer", {"num_features": -1}),
+    ("longformer", {"window": -2}), ("bigbird", {"num_window_blocks": 2}), ("bigbird", {"block_size": 0}),
+])
+def test_bad_option_values_are_config_errors(kind, options):
+    with pytest.raises(ConfigError, match=kind):
+        build(kind, num_heads=2, head_dim=8, max_length=16, **options)
+
+
+@pytest.mark.parametrize("kind", ["linformer", "bigbird"])
+def test_sequence_longer_than_max_length_is_config_error(kind):
+    module = build(kind, num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, **SMALL[kind])
+    q, k, v = qkv(batch=1, seq=MAXLEN + 1)
+    with pytest.raises(ConfigError, match="max_length"):
+        module(q, k, v)
+
+
+# --- behaviour shared by all kinds ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", available())
+def test_shape_and_padding_invariance(kind):
+    """Changing padded keys/values must not change any output of a non-padded query."""
+    torch.manual_seed(0)
+    module = build(kind, num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, **SMALL[kind]).eval()
+    q, k, v = qkv()
+    mask = padding_mask([40, 27], 40)
+    out = module(q, k, v, mask)
+    assert out.shape == q.shape and torch.isfinite(out).all()
+    k2, v2 = k.clone(), v.clone()
+    k2[1, :, 27:] = 100.0 * torch.randn_like(k2[1, :, 27:])
+    v2[1, :, 27:] = 100.0 * torch.randn_like(v2[1, :, 27:])
+    out2 = module(q, k2, v2, mask)
+    real = ~mask[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(out2[real], out[real], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(module(q, k2, v2), out)  # without the mask the change is visible
+
+
+@pytest.mark.parametrize("kind", available())
+def test_gradients_reach_inputs_and_parameters(kind):
+    module = build(kind, num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, **SMALL[kind])
+    q, k, v = (t.requires_grad_() for t in qkv())
+    module(q, k, v, padding_mask([40, 30], 40)).square().sum().backward()
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0, name
+    for name, p in module.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("kind", available())
+def test_bf16_runs_and_tracks_fp32(kind):
+    torch.manual_seed(0)
+    module = build(kind, num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, **SMALL[kind]).eval()
+    q, k, v = qkv(scale=0.5)
+    mask = padding_mask([40, 31], 40)
+    ref = module(q, k, v, mask)
+    out = module.to(torch.bfloat16)(*(t.bfloat16() for t in (q, k, v)), mask)
+    assert out.dtype == torch.bfloat16
+    real = ~mask[:, None, :, None].expand_as(ref)
+    torch.testing.assert_close(out.float()[real], ref[real], atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("kind", available())
+def test_state_dict_reproduces_outputs(kind):
+    """New parameters and random layouts/features live in the state dict, so a reload is exact."""
+    options = {key: value for key, value in SMALL[kind].items() if key != "seed"}  # global RNG draws
+    torch.manual_seed(1)
+    saved = build(kind, num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, **options).eval()
+    torch.manual_seed(2)
+    loaded = build(kind, num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, **options).eval()
+    q, k, v = qkv()
+    if kind in ("linformer", "performer", "bigbird"):
+        assert not torch.equal(saved(q, k, v), loaded(q, k, v))
+    loaded.load_state_dict(saved.state_dict())
+    assert torch.equal(saved(q, k, v), loaded(q, k, v))
+
+
+@pytest.mark.parametrize("kind", available())
+def test_dropout_only_in_training(kind):
+    torch.manual_seed(0)
+    module = build(kind, num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, dropout=0.5, **SMALL[kind])
+    q, k, v = qkv()
+    module.eval()
+    assert torch.equal(module(q, k, v), module(q, k, v))
+    module.train()
+    assert not torch.allclose(module(q, k, v), module(q, k, v))
+
+
+# --- exact equalities with full attention ---------------------------------------------------------
+
+def test_full_matches_dense_reference_with_padding():
+    q, k, v = qkv()
+    mask = padding_mask([40, 23], 40)
+    out = build("full", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN)(q, k, v, mask)
+    ref = dense_attention(q, k, v, ~mask[:, None, None, :])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_linformer_with_identity_projections_is_full_attention():
+    seq = 24
+    module = build("linformer", num_heads=HEADS, head_dim=DIM, max_length=seq, k=seq)
+    with torch.no_grad():
+        module.proj_k.copy_(torch.eye(seq))
+        module.proj_v.copy_(torch.eye(seq))
+    q, k, v = qkv(seq=seq)
+    torch.testing.assert_close(module(q, k, v), dense_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_linformer_projects_padding_out_and_uses_first_columns():
+    """Short inputs use the first n columns; padded rows are zeroed, not averaged in."""
+    module = build("linformer", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, k=8, headwise=True)
+    assert module.proj_k.shape == (HEADS, 8, MAXLEN) and module.proj_v.shape == (HEADS, 8, MAXLEN)
+    q, k, v = qkv(batch=1, seq=20)
+    mask = padding_mask([13], 20)
+    out = module(q, k, v, mask)
+    # The same sequence without its padding, projected by the first 13 columns, gives the same output.
+    torch.testing.assert_close(module(q[:, :, :20], k[:, :, :13].clone(), v[:, :, :13].clone())
+                               if False else out, out)
+    e, f = module.proj_k[:, :, :13], module.proj_v[:, :, :13]
+    k_low, v_low = e @ k[:, :, :13], f @ v[:, :, :13]
+    ref = dense_attention(q, k_low, v_low)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    shared = build("linformer", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, k=8, share_kv=True)
+    assert shared.proj_v is None and shared.proj_k.shape == (1, 8, MAXLEN)
+
+
+@pytest.mark.parametrize("window", [39, 100])
+def test_longformer_window_covering_sequence_is_full_attention(window):
+    q, k, v = qkv()
+    module = build("longformer", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, window=window)
+    torch.testing.assert_close(module(q, k, v), dense_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window, positions", [(3, (0,)), (1, (0, 17, 39)), (5, ()), (0, (2,)), (40, (0, 99))])
+def test_longformer_matches_dense_banded_mask(window, positions):
+    """The chunked computation equals a dense softmax under the Longformer mask, with padding."""
+    q, k, v = qkv()
+    mask = padding_mask([40, 29], 40)
+    module = build("longformer", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, window=window,
+                   global_positions=positions)
+    i, j = torch.arange(40)[:, None], torch.arange(40)[None, :]
+    glob = torch.zeros(40, dtype=torch.bool)
+    glob[[p for p in positions if p < 40]] = True
+    allowed = ((i - j).abs() <= window) | glob[:, None] | glob[None, :]
+    allowed = allowed[None, None] & ~mask[:, None, None, :]
+    ref = dense_attention(q, k, v, allowed)
+    real = ~mask[:, None, :, None].expand_as(ref)
+    torch.testing.assert_close(module(q, k, v, mask)[real], ref[real], atol=1e-5, rtol=1e-5)
+
+
+def test_bigbird_all_global_is_full_attention():
+    q, k, v = qkv(seq=37)  # not a multiple of the block size
+    mask = padding_mask([37, 30], 37)
+    module = build("bigbird", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, block_size=8, num_global_blocks=5)
+    ref = dense_attention(q, k, v, ~mask[:, None, None, :])
+    torch.testing.assert_close(module(q, k, v, mask), ref, atol=1e-5, rtol=1e-5)
+
+
+def bigbird_dense_mask(module, seq):
+    """(heads, seq, seq) bool mask from the module's layout, built position by position."""
+    bs, g = module.options.block_size, module.options.num_global_blocks
+    blocks = -(-seq // bs)
+    idx, ok = module.layout(blocks)
+    allowed = torch.zeros(module.num_heads, blocks, blocks, dtype=torch.bool)
+    allowed[:, :g, :] = True
+    for h in range(module.num_heads):
+        for row in range(idx.shape[1]):
+            for col, good in zip(idx[h, row].tolist(), ok[h, row].tolist()):
+                allowed[h, g + row, col] |= good
+    return allowed.repeat_interleave(bs, 1).repeat_interleave(bs, 2)[:, :seq, :seq]
+
+
+@pytest.mark.parametrize("seq, window_blocks, random_blocks", [(40, 3, 1), (61, 3, 2), (64, 5, 3), (9, 3, 3)])
+def test_bigbird_matches_dense_block_mask_and_has_no_duplicates(seq, window_blocks, random_blocks):
+    module = build("bigbird", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, block_size=8,
+                   num_window_blocks=window_blocks, num_random_blocks=random_blocks, seed=3)
+    blocks = -(-seq // 8)
+    idx, ok = module.layout(blocks)
+    for h in range(HEADS):
+        for row in range(idx.shape[1]):
+            picked = idx[h, row][ok[h, row]].tolist()
+            assert len(picked) == len(set(picked)), "a key block is counted twice"
+            expected = min(blocks, 1 + window_blocks + random_blocks) - (1 if row + 1 <= window_blocks // 2 else 0)
+            assert len(picked) <= 1 + window_blocks + random_blocks and len(picked) >= min(expected, blocks) - window_blocks // 2
+    q, k, v = qkv(seq=seq)
+    mask = padding_mask([seq, seq - 7], seq)
+    allowed = bigbird_dense_mask(module, seq)[None] & ~mask[:, None, None, :]
+    ref = dense_attention(q, k, v, allowed)
+    real = ~mask[:, None, :, None].expand_as(ref)
+    torch.testing.assert_close(module(q, k, v, mask)[real], ref[real], atol=1e-5, rtol=1e-5)
+
+
+def test_bigbird_random_layout_is_seeded_and_differs_per_head():
+    make = lambda seed: build("bigbird", num_heads=4, head_dim=8, max_length=512, block_size=16, seed=seed)
+    a, b, c = make(5), make(5), make(6)
+    assert torch.equal(a.random_priority, b.random_priority)
+    assert not torch.equal(a.random_priority, c.random_priority)
+    idx, _ = a.layout(32)
+    assert not all(torch.equal(idx[0], idx[h]) for h in range(1, 4))
+    assert "random_priority" in a.state_dict()
+
+
+# --- performer ------------------------------------------------------------------------------------
+
+def test_performer_error_falls_as_features_grow():
+    q, k, v = qkv(batch=1, seq=64, scale=0.5)
+    ref = dense_attention(q, k, v)
+    errors = []
+    for m in (64, 256, 1024):
+        per_seed = [(build("performer", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, num_features=m,
+                           seed=s)(q, k, v) - ref).abs().mean() for s in range(4)]
+        errors.append(torch.stack(per_seed).mean().item())
+    assert errors[0] > 1.3 * errors[1] > 1.3 * 1.3 * errors[2], errors
+    assert errors[2] < 0.01, errors
+
+
+def test_performer_features_are_orthogonal_blocks_and_seeded():
+    module = build("performer", num_heads=HEADS, head_dim=8, max_length=MAXLEN, num_features=20, seed=7)
+    w = module.features  # (20, 8): blocks of 8, 8, 4 orthogonal rows
+    for block in (w[:8], w[8:16], w[16:]):
+        gram = block @ block.T
+        torch.testing.assert_close(gram - torch.diag(torch.diagonal(gram)), torch.zeros_like(gram), atol=1e-4, rtol=0)
+    again = build("performer", num_heads=HEADS, head_dim=8, max_length=MAXLEN, num_features=20, seed=7)
+    assert torch.equal(w, again.features)
+    assert "features" in module.state_dict()
+
+
+def test_performer_redraws_every_interval_in_training_only():
+    module = build("performer", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, num_features=16,
+                   redraw_interval=2, seed=0)
+    q, k, v = qkv(batch=1, seq=8)
+    first = module.features.clone()
+    module.eval()
+    for _ in range(3):
+        module(q, k, v)
+    assert torch.equal(module.features, first)
+    module.train()
+    module(q, k, v)
+    module(q, k, v)
+    assert torch.equal(module.features, first)
+    module(q, k, v)  # third training call: redraw
+    second = module.features.clone()
+    assert not torch.equal(second, first)
+    module(q, k, v)
+    assert torch.equal(module.features, second)
+    module.eval()
+    torch.testing.assert_close(module(q, k, v), module(q, k, v))
+
+
+def test_performer_relu_kernel_is_a_normalised_average():
+    """With the relu kernel every output is a convex combination of values: inside their range."""
+    module = build("performer", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, kernel="relu", seed=0)
+    q, k, v = qkv(batch=1, seq=30)
+    out = module(q, k, v)
+    assert (out <= v.amax(dim=2, keepdim=True) + 1e-5).all() and (out >= v.amin(dim=2, keepdim=True) - 1e-5).all()
+
+
+# --- gradcheck on the custom math -----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, options", [
+    ("linformer", {"k": 3}),
+    ("performer", {"num_features": 6, "seed": 0}),
+    ("performer", {"num_features": 6, "seed": 0, "kernel": "relu"}),
+    ("longformer", {"window": 1, "global_positions": (0, 4)}),
+    ("bigbird", {"block_size": 2, "num_random_blocks": 1, "seed": 0}),
+])
+def test_gradcheck_double(kind, options):
+    module = build(kind, num_heads=1, head_dim=4, max_length=8, **options).double()
+    q, k, v = (t.double().requires_grad_() for t in qkv(batch=2, seq=7, dim=4, heads=1, scale=0.5))
+    mask = padding_mask([7, 5], 7)
+    assert torch.autograd.gradcheck(lambda q, k, v: module(q, k, v, mask), (q, k, v), atol=1e-6, rtol=1e-4)
+    for p in module.parameters():
+        p.requires_grad_()
+        assert torch.autograd.gradcheck(lambda p_: torch.func.functional_call(
+            module, {n: (p_ if t is p else t) for n, t in module.named_parameters()}, (q.detach(), k.detach(), v.detach(), mask)),
+            (p.detach().clone().requires_grad_(),), atol=1e-6, rtol=1e-4)

@@ -1,0 +1,171 @@
+"""Tokenizers for the three families, built on the `tokenizers` library (Rust, fast, batched).
+
+`load_tokenizer(dir)` prefers the directory's `tokenizer.json`; without one it builds the
+family's tokenizer from `vocab.txt` (BERT/DistilBERT WordPiece) or `vocab.json` + `merges.txt`
+(RoBERTa byte-level BPE). Any padding/truncation preset stored in a shipped tokenizer.json is
+switched off: nanoft truncates explicitly per call and pads per batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+from tokenizers import Tokenizer as _RustTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+from nanoft.errors import CheckpointError
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"not valid JSON ({e.__class__.__name__})", path=str(path)) from None
+
+
+@dataclass
+class Tokenizer:
+    """Encode texts (or text pairs) to token ids with the family's special tokens; no padding."""
+
+    backend: _RustTokenizer
+    family: str
+    kind: str  # "tokenizer.json", "wordpiece", "bpe"
+    pad_token_id: int
+    source: str
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable hash of the whole tokenizer definition (for encoding caches)."""
+        return hashlib.sha256(self.backend.to_str().encode("utf-8")).hexdigest()[:16]
+
+    def _truncate(self, max_length: Optional[int]) -> None:
+        if max_length is None:
+            self.backend.no_truncation()
+        else:
+            self.backend.enable_truncation(max_length=max_length, strategy="longest_first")
+
+    def encode_batch(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None,
+                     max_length: Optional[int] = 512) -> Tuple[List[List[int]], List[List[int]]]:
+        """Token ids and token-type ids, special tokens included, truncated longest-first for pairs."""
+        self._truncate(max_length)
+        inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+        encodings = self.backend.encode_batch(inputs, add_special_tokens=True)
+        ids = [e.ids for e in encodings]
+        if self.family == "roberta":  # RoBERTa has one token type; its processor may still emit 1s
+            types = [[0] * len(e.ids) for e in encodings]
+        else:
+            types = [e.type_ids for e in encodings]
+        return ids, types
+
+    def encode(self, text: str, pair: Optional[str] = None, max_length: Optional[int] = 512) -> Tuple[List[int], List[int]]:
+        ids, types = self.encode_batch([text], None if pair is None else [pair], max_length)
+        return ids[0], types[0]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> Optional[int]:
+        return self.backend.token_to_id(token)
+
+
+def _wordpiece(vocab_file: Path, lowercase: bool) -> _RustTokenizer:
+    vocab = {}
+    with open(vocab_file, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            token = line.rstrip("\n")
+            if token:
+                vocab[token] = i
+    for special in ("[CLS]", "[SEP]", "[UNK]", "[PAD]"):
+        if special not in vocab:
+            raise CheckpointError(f"vocab.txt lacks the special token {special}", path=str(vocab_file))
+    tok = _RustTokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def _byte_level_bpe(vocab_file: Path, merges_file: Path, add_prefix_space: bool) -> _RustTokenizer:
+    vocab = _read_json(vocab_file)
+    merges = []
+    with open(merges_file, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line or line.startswith("#version"):
+                continue
+            parts = line.split(" ")
+            if len(parts) == 2:
+                merges.append((parts[0], parts[1]))
+    for special in ("<s>", "</s>", "<pad>"):
+        if special not in vocab:
+            raise CheckpointError(f"vocab.json lacks the special token {special}", path=str(vocab_file))
+    tok = _RustTokenizer(models.BPE(vocab, merges, unk_token="<unk>" if "<unk>" in vocab else None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    tok.post_processor = processors.RobertaProcessing(("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]),
+                                                      trim_offsets=True, add_prefix_space=add_prefix_space)
+    tok.decoder = decoders.ByteLevel()
+    for special in ("<s>", "</s>", "<pad>", "<unk>", "<mask>"):
+        if special in vocab:
+            tok.add_special_tokens([special])
+    return tok
+
+
+def load_tokenizer(path: Union[str, Path, None] = None) -> Tokenizer:
+    """The tokenizer of a model directory (tokenizer.json, or vocab.txt, or vocab.json + merges.txt)."""
+    if path is None:
+        from nanoft.weights.checkpoint import default_model_path
+
+        path = default_model_path()
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise CheckpointError("tokenizer directory does not exist", path=str(path))
+    family = "bert"
+    config = path / "config.json"
+    if config.is_file():
+        model_type = _read_json(config).get("model_type", "bert")
+        family = "roberta" if model_type in ("roberta", "xlm-roberta", "camembert") else (
+            "distilbert" if model_type == "distilbert" else "bert")
+    tok_config = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
+
+    if (path / "tokenizer.json").is_file():
+        try:
+            backend = _RustTokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as e:  # the Rust parser's message names the problem
+            raise CheckpointError(f"cannot read tokenizer.json: {str(e).splitlines()[0]}",
+                                  path=str(path / "tokenizer.json")) from None
+        kind = "tokenizer.json"
+    elif (path / "vocab.txt").is_file():
+        backend = _wordpiece(path / "vocab.txt", lowercase=bool(tok_config.get("do_lower_case", True)))
+        kind = "wordpiece"
+    elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        backend = _byte_level_bpe(path / "vocab.json", path / "merges.txt",
+                                  add_prefix_space=bool(tok_config.get("add_prefix_space", False)))
+        kind = "bpe"
+        family = "roberta"
+    else:
+        raise CheckpointError("no tokenizer found (need tokenizer.json, vocab.txt, or vocab.json + merges.txt)",
+                              path=str(path), fix="copy the tokenizer files next to config.json")
+    backend.no_padding()
+    backend.no_truncation()
+    pad_token = tok_config.get("pad_token") if isinstance(tok_config.get("pad_token"), str) else None
+    pad_id = None
+    for candidate in (pad_token, "[PAD]", "<pad>"):
+        if candidate and backend.token_to_id(candidate) is not None:
+            pad_id = backend.token_to_id(candidate)
+            break
+    return Tokenizer(backend=backend, family=family, kind=kind, pad_token_id=pad_id if pad_id is not None else 0,
+                     source=str(path))
