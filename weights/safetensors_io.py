@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, Tuple
 
 import torch
 
 from nanoft.errors import CheckpointError
+from nanoft.io import atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported)
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -107,25 +107,6 @@ class SafetensorsFile:
 
 
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Run `write(file)` on a temp file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(Path(path), lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 
 
 def save_file(tensors: Dict[str, torch.Tensor], path: "str | Path", metadata: Dict[str, str] | None = None) -> None:

@@ -74,6 +74,13 @@ class Tokenizer:
     def token_to_id(self, token: str) -> Optional[int]:
         return self.backend.token_to_id(token)
 
+    def save(self, directory: Union[str, Path]) -> None:
+        """Write `tokenizer.json` (without padding/truncation presets) into a model directory."""
+        from nanoft.io import atomic_write_text
+
+        self.backend.no_truncation()
+        atomic_write_text(Path(directory) / "tokenizer.json", self.backend.to_str())
+
 
 def _wordpiece(vocab_file: Path, lowercase: bool) -> _RustTokenizer:
     vocab = {}

@@ -47,17 +47,22 @@ def key_is_valid(key_padding_mask: Optional[Tensor], batch: int, seq: int, devic
     return ~key_padding_mask
 
 
-def masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
-    """Softmax over the last dim in fp32, over `allowed` entries only.
+def upcast(x: Tensor) -> Tensor:
+    """fp16/bf16 -> fp32 for numerically sensitive steps; fp32 and fp64 are kept as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
-    A row with nothing allowed (e.g. a padded query whose whole window is padding) gets all
-    zeros instead of NaN, so it cannot poison the gradients of the rows around it.
+
+def masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
+    """Softmax over the last dim (fp32 for half inputs) over `allowed` entries only.
+
+    `scores` must be a fresh tensor that nothing else reads (the output of `(q @ k^T) * scale`):
+    masking is done in place, so the only n-sized tensors kept are the scores and the weights.
+    Blocked entries get the lowest finite value rather than -inf, so a row with nothing allowed
+    (only a padded query can have one) gets finite weights instead of NaN gradients.
     """
-    scores = scores.float().masked_fill(~allowed, float("-inf"))
-    top = scores.amax(dim=-1, keepdim=True).detach()
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    weights = torch.exp(scores - top)
-    return weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    scores = upcast(scores)
+    scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1)
 
 
 def attention_dropout(probs: Tensor, p: float, training: bool) -> Tensor:

@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from nanoft.attention.base import attention_dropout, check_inputs, check_length, default_scale, require
+from nanoft.attention.base import (attention_dropout, check_inputs, check_length, default_scale, require,
+                                   upcast)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class LinformerAttention(nn.Module):
         k_low = proj_k.to(k.dtype) @ k  # (batch, heads, k, head_dim)
         v_low = proj_v.to(v.dtype) @ v  # (batch, heads, k, head_dim)
         scores = (q @ k_low.transpose(-2, -1)) * self.scale  # (batch, heads, seq, k)
-        probs = torch.softmax(scores.float(), dim=-1)  # every projected row is a valid key
+        probs = torch.softmax(upcast(scores), dim=-1)  # every projected row is a valid key
         probs = attention_dropout(probs, self.dropout, self.training)
         return probs.to(v_low.dtype) @ v_low
 

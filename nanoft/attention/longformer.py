@@ -6,6 +6,9 @@ are cut into blocks of c >= window positions and each block is scored against th
 c + 2 * window keys around it (the sliding-chunks trick), read as strided views of the
 padded keys. Global keys are scored as extra columns of the same softmax, and are left out of
 the band so no key is counted twice.
+
+On CUDA, when the global tokens are a prefix (the default [CLS] at 0), the fused Triton
+sliding-window kernel of `nanoft.kernels` computes the same attention without the bands.
 """
 from __future__ import annotations
 
@@ -16,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nanoft import kernels
 from nanoft.attention.base import (attention_dropout, check_inputs, default_scale, key_is_valid,
                                    masked_softmax, require)
+from nanoft.kernels.checks import TRITON_DTYPES, TRITON_HEAD_DIMS, right_padded_lengths
 
 MIN_BLOCK = 32  # tiny windows still score queries in blocks of at least this many
 
@@ -63,10 +68,26 @@ class LongformerAttention(nn.Module):
         glob = torch.tensor([p for p in self.options.global_positions if p < n], dtype=torch.long,
                             device=q.device)
         w = min(self.options.window, n - 1)
+        if self._fused_ok(q, key_padding_mask):
+            return kernels.attention(q, k, v, key_padding_mask=key_padding_mask, window=w, num_global=len(glob),
+                                     dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
+                                     impl="triton")
         out = self._banded(q, k, v, valid, glob, w)
         if glob.numel() > 0:
             out = out.index_copy(2, glob, self._global_queries(q, k, v, valid, glob))
         return out
+
+    def _fused_ok(self, q: Tensor, key_padding_mask: Optional[Tensor]) -> bool:
+        """Whether the Triton sliding-window kernel computes exactly this attention.
+
+        It supports global tokens only as a prefix (positions 0..G-1) and needs right-padded masks,
+        CUDA, fp16/bf16 and head_dim 32/64/128; anything else takes the chunked torch path.
+        """
+        positions = self.options.global_positions
+        return (q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS
+                and positions == tuple(range(len(positions)))
+                and kernels.triton_available()
+                and (key_padding_mask is None or right_padded_lengths(key_padding_mask) is not None))
 
     def _banded(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, glob: Tensor, w: int) -> Tensor:
         """Every query against its window of non-global keys plus all global keys."""
@@ -80,22 +101,26 @@ class LongformerAttention(nn.Module):
         # Pad keys by w in front and w (plus block padding) behind, then view overlapping bands.
         k_band = F.pad(k, (0, 0, w, n_pad - n + w)).unfold(2, span, c)  # (batch, heads, blocks, dim, span)
         v_band = F.pad(v, (0, 0, w, n_pad - n + w)).unfold(2, span, c)  # (batch, heads, blocks, dim, span)
-        key_ok = F.pad(valid & ~is_global, (w, n_pad - n + w), value=False).unfold(1, span, c)  # (batch, blocks, span)
+        key_ok = F.pad(valid & ~is_global, (w, n_pad - n + w), value=False)
+        key_ok = key_ok.unfold(1, span, c)  # (batch, blocks, span)
         q_blocks = F.pad(q, (0, 0, 0, n_pad - n)).view(batch, heads, blocks, c, dim)
         # Query r of a block and key slot s of its band are s - w - r positions apart.
         offset = torch.arange(span, device=q.device)[None, :] - torch.arange(c, device=q.device)[:, None]
         in_window = (offset >= 0) & (offset <= 2 * w)  # (c, span)
-        band_scores = (q_blocks @ k_band) * self.scale  # (batch, heads, blocks, c, span)
         band_ok = in_window & key_ok[:, None, :, None, :]  # (batch, 1, blocks, c, span)
 
-        k_glob, v_glob = k[:, :, glob], v[:, :, glob]  # (batch, heads, globals, dim)
-        glob_scores = (q_blocks @ k_glob.transpose(-2, -1).unsqueeze(2)) * self.scale  # (batch, heads, blocks, c, globals)
-        glob_ok = valid[:, glob][:, None, None, None, :].expand(-1, -1, blocks, c, -1)  # (batch, 1, blocks, c, globals)
+        # Global keys join every band as extra columns of the same softmax.
+        k_glob = k[:, :, glob].transpose(-2, -1).unsqueeze(2).expand(-1, -1, blocks, -1, -1)  # (.., blocks, dim, g)
+        v_glob = v[:, :, glob].unsqueeze(2).expand(-1, -1, blocks, -1, -1)  # (batch, heads, blocks, g, dim)
+        keys = torch.cat([k_band, k_glob], dim=-1)  # (batch, heads, blocks, dim, span + g)
+        values = torch.cat([v_band.transpose(-2, -1), v_glob], dim=-2)  # (batch, heads, blocks, span + g, dim)
+        glob_ok = valid[:, glob][:, None, None, None, :].expand(-1, -1, blocks, c, -1)  # (batch, 1, blocks, c, g)
+        allowed = torch.cat([band_ok, glob_ok], dim=-1)  # (batch, 1, blocks, c, span + g)
 
-        probs = masked_softmax(torch.cat([band_scores, glob_scores], dim=-1),
-                               torch.cat([band_ok, glob_ok], dim=-1))
+        scores = (q_blocks @ keys) * self.scale  # (batch, heads, blocks, c, span + g)
+        probs = masked_softmax(scores, allowed)
         probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
-        out = probs[..., :span] @ v_band.transpose(-2, -1) + probs[..., span:] @ v_glob.unsqueeze(2)
+        out = probs @ values  # (batch, heads, blocks, c, dim)
         return out.reshape(batch, heads, n_pad, dim)[:, :, :n]  # (batch, heads, seq, dim)
 
     def _global_queries(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, glob: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ reproduces its outputs; they are redrawn every `redraw_interval` training calls 
 The softmax temperature is folded in by scaling q and k by sqrt(scale) each. Features are
 computed in fp32 with the paper's stabiliser: the max log-feature is subtracted, per query for
 queries and over all non-padded keys of a (batch, head) for keys; both factors cancel in the ratio.
+Padded keys are weighted 0 in both sums, so they contribute nothing.
 """
 from __future__ import annotations
 
@@ -19,18 +20,17 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from nanoft.attention.base import check_inputs, default_scale, make_generator, require
+from nanoft.attention.base import check_inputs, default_scale, key_is_valid, make_generator, require, upcast
 
 FEATURE_EPS = 1e-6  # keeps every feature positive, as in the paper's reference code
 
 
 def orthogonal_gaussian(num_features: int, dim: int, generator: Optional[torch.Generator]) -> Tensor:
     """(num_features, dim) rows with Gaussian norms, orthogonal within each block of `dim` rows."""
-    blocks = []
-    for start in range(0, num_features, dim):
-        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
-        blocks.append(q.T[: min(dim, num_features - start)])  # rows of q.T are orthonormal
-    directions = torch.cat(blocks)  # (num_features, dim)
+    blocks = -(-num_features // dim)
+    q, r = torch.linalg.qr(torch.randn(blocks, dim, dim, generator=generator))  # (blocks, dim, dim)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)  # sign fix: only then is q uniform (Haar)
+    directions = q.transpose(-2, -1).reshape(blocks * dim, dim)[:num_features]  # orthonormal rows per block
     norms = torch.randn(num_features, dim, generator=generator).norm(dim=1, keepdim=True)
     return directions * norms  # each row marginally ~ N(0, I)
 
@@ -83,25 +83,21 @@ class PerformerAttention(nn.Module):
         fresh = orthogonal_gaussian(o.num_features, self.head_dim, make_generator(o.seed, draw))
         self.features = fresh.to(device=self.features.device, dtype=self.features.dtype)
 
-    def feature_map(self, x: Tensor, is_query: bool, key_valid: Optional[Tensor]) -> Tensor:
-        """phi(x) in fp32: (batch, heads, seq, head_dim) -> (batch, heads, seq, m)."""
-        x = x.float() * math.sqrt(self.scale)
-        proj = x @ self.features.float().T  # (batch, heads, seq, m)
-        m = proj.shape[-1]
+    def feature_map(self, x: Tensor, is_query: bool, key_valid: Optional[Tensor] = None) -> Tensor:
+        """phi(x), fp32 for half inputs: (batch, heads, seq, head_dim) -> (batch, heads, seq, m).
+
+        The paper's 1/sqrt(m) factor is left out: it cancels between numerator and denominator.
+        """
+        x = upcast(x) * math.sqrt(self.scale)
+        proj = x @ self.features.to(x.dtype).T  # (batch, heads, seq, m), fresh: updated in place below
         if self.options.kernel == "relu":
-            phi = torch.relu(proj) / math.sqrt(m) + FEATURE_EPS
-        else:
-            logits = proj - 0.5 * (x * x).sum(dim=-1, keepdim=True)
-            if is_query:
-                top = logits.amax(dim=-1, keepdim=True)
-            else:
-                valid = key_valid[:, None, :, None]  # (batch, 1, seq, 1)
-                top = logits.masked_fill(~valid, float("-inf")).amax(dim=(-2, -1), keepdim=True)
-                top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-            phi = (torch.exp(logits - top.detach()) + FEATURE_EPS) / math.sqrt(m)
-        if not is_query:
-            phi = phi * key_valid[:, None, :, None]  # padded keys contribute nothing
-        return phi
+            return torch.relu_(proj) + FEATURE_EPS
+        logits = proj.sub_(0.5 * (x * x).sum(dim=-1, keepdim=True))  # log phi
+        top = logits.detach().amax(dim=-1, keepdim=True)  # (batch, heads, seq, 1)
+        if not is_query:  # one stabiliser for all keys of a (batch, head), padding excluded
+            top = top.masked_fill(~key_valid[:, None, :, None], float("-inf")).amax(dim=-2, keepdim=True)
+            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        return logits.sub_(top).exp_() + FEATURE_EPS
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
         check_inputs(q, k, v, key_padding_mask)
@@ -111,18 +107,19 @@ class PerformerAttention(nn.Module):
             if calls > 0 and calls % o.redraw_interval == 0:
                 self.redraw(calls // o.redraw_interval)
             self.calls += 1
-        batch, _, n, _ = k.shape
-        key_valid = (torch.ones(batch, n, dtype=torch.bool, device=k.device) if key_padding_mask is None
-                     else ~key_padding_mask)
-        phi_q = self.feature_map(q, True, None)  # (batch, heads, seq_q, m)
+        batch, heads, n, _ = k.shape
+        key_valid = key_is_valid(key_padding_mask, batch, n, k.device)  # (batch, seq_k)
+        phi_q = self.feature_map(q, True)  # (batch, heads, seq_q, m)
         phi_k = self.feature_map(k, False, key_valid)  # (batch, heads, seq_k, m)
-        denom = phi_q @ phi_k.sum(dim=2).unsqueeze(-1)  # (batch, heads, seq_q, 1)
+        # Padded keys get weight 0 in both sums (same as zeroing their features, without an n x m copy).
+        weight = key_valid[:, None, None, :].to(phi_k.dtype)  # (batch, 1, 1, seq_k)
+        denom = phi_q @ (weight @ phi_k).transpose(-2, -1)  # (batch, heads, seq_q, 1)
         if self.training and self.dropout > 0.0:
             # Dropping key j for every query is dropout on a column of the attention matrix,
             # applied to the numerator only, as dropout on probabilities would be.
-            keep = torch.rand(batch, k.shape[1], n, 1, device=k.device) >= self.dropout
-            phi_k = phi_k * keep / (1.0 - self.dropout)
-        context = phi_k.transpose(-2, -1) @ v.float()  # (batch, heads, m, head_dim)
+            keep = torch.rand(batch, heads, 1, n, device=k.device) >= self.dropout
+            weight = weight * keep / (1.0 - self.dropout)  # (batch, heads, 1, seq_k)
+        context = phi_k.transpose(-2, -1) @ (v.to(phi_k.dtype) * weight.transpose(-2, -1))  # (batch, heads, m, dim)
         out = (phi_q @ context) / denom  # (batch, heads, seq_q, head_dim)
         return out.to(q.dtype)
 

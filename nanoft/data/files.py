@@ -58,7 +58,7 @@ class Table:
         if column not in self.header:
             found = ", ".join(repr(c) for c in self.header)
             raise DataError(f"no column '{column}'; columns found: {found}", path=self.path,
-                            fix="pass one of these with --text-column/--label-column")
+                            line=self.header_line, fix="pass one of these with --text-column/--label-column")
         return self.header.index(column)
 
     def without_header(self) -> "Table":

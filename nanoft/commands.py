@@ -1,0 +1,195 @@
+"""What the CLI commands do, as plain typed functions returning text (the CLI only prints it)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from nanoft.errors import ConfigError, DataError
+
+
+def describe_model(path: Optional[str]) -> str:
+    from nanoft.weights import load_model, load_tokenizer, model_summary
+
+    model, report = load_model(path, head=None, return_report=True)
+    s = model_summary(model)
+    lines = [
+        f"model:      {report.path}",
+        f"family:     {s['family']}  ({s['layers']} layers, hidden {s['hidden']}, {s['heads']} heads, "
+        f"ffn {s['intermediate']}, vocab {s['vocab']}, max length {s['max_length']})",
+        f"attention:  {s['attention']}",
+        f"parameters: {s['parameters']:,} ({s['dtype']})",
+        f"tensors:    {report.summary()}",
+    ]
+    try:
+        tok = load_tokenizer(path)
+        lines.append(f"tokenizer:  {tok.kind} ({tok.family}, vocab {tok.vocab_size}, pad id {tok.pad_token_id})")
+    except Exception as e:  # a model without tokenizer files is still describable
+        lines.append(f"tokenizer:  none ({e})")
+    directory = Path(report.path)
+    adapter_config = (directory if directory.is_dir() else directory.parent) / "adapter" / "adapter_config.json"
+    if adapter_config.is_file():
+        size = (adapter_config.parent / "adapter.safetensors").stat().st_size
+        lines.append(f"adapter:    {adapter_config.parent} ({size / 1024:.1f} KiB)")
+    return "\n".join(lines)
+
+
+def describe_task(name: str, data_dir: Optional[str], model_path: Optional[str], max_length: int,
+                  batch_size: int) -> str:
+    from nanoft.data import describe
+    from nanoft.tasks import get_task
+    from nanoft.weights import load_tokenizer
+
+    return describe(get_task(name), data_dir, load_tokenizer(model_path), max_length, batch_size)
+
+
+def _fmt_metrics(metrics: Optional[Dict[str, Any]]) -> str:
+    if not metrics:
+        return "-"
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+
+
+def train_and_report(config) -> str:
+    from nanoft.train import Trainer
+
+    trainer = Trainer(config)
+    results = trainer.fit()
+    if not trainer.dist.is_main:
+        return ""
+    lines = [f"run:        {trainer.run_dir}"]
+    best = results.get("best")
+    if best:
+        for split, metrics in best["metrics"].items():
+            lines.append(f"best {split}:  {_fmt_metrics(metrics)} (step {best['step']})")
+    if results.get("test"):
+        lines.append(f"test:       {_fmt_metrics(results['test'])}")
+    if results.get("swa"):
+        lines.append(f"swa:        {_fmt_metrics(results['swa'])}")
+    lines.append(f"train:      {results['steps']} steps, {results['train_examples']:,} examples, "
+                 f"{results['train_seconds']:.1f} s, {results['examples_per_s']:.1f} ex/s, "
+                 f"precision {results['precision']}, peak memory {results['peak_memory_mb']:.0f} MiB")
+    lines.append(f"parameters: {results['trainable_parameters']:,} trainable of {results['parameters']:,}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ runs and models
+def _run_or_model(path: str) -> Tuple[Path, Optional[Dict[str, Any]]]:
+    """(model directory, the run's resolved config or None) for a run directory or a model directory."""
+    from nanoft.train.config import read_toml
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError("run or model directory does not exist", path=str(p))
+    if (p / "config.toml").is_file():
+        config = read_toml(p / "config.toml")
+        for candidate in (p / "best", p / "checkpoint"):
+            if (candidate / "model.safetensors").is_file():
+                return candidate, config
+        raise ConfigError("run has no saved model yet (no best/ or checkpoint/)", path=str(p))
+    return p, None
+
+
+def _task_for(run_config: Optional[Dict[str, Any]], task_name: Optional[str], model_dir: Path):
+    from nanoft.tasks import Task, get_task
+
+    if task_name:
+        return get_task(task_name)
+    if run_config is not None:
+        task_file = model_dir.parent / "task.json"
+        if task_file.is_file():
+            info = json.loads(task_file.read_text(encoding="utf-8"))
+            if isinstance(info.get("task"), dict):
+                return Task.from_dict(info["task"])
+        if run_config.get("task"):
+            return get_task(run_config["task"])
+    raise ConfigError("which task? this is not a run directory", fix="pass --task NAME")
+
+
+def evaluate_path(path: str, task_name: Optional[str], split: Optional[str], data_dir: Optional[str],
+                  batch_size: int, max_length: Optional[int]) -> str:
+    from nanoft.data import encode
+    from nanoft.train.evaluate import predict_logits, score
+    from nanoft.weights import load_model, load_tokenizer
+
+    model_dir, run_config = _run_or_model(path)
+    task = _task_for(run_config, task_name, model_dir)
+    data_dir = data_dir or (run_config or {}).get("data_dir")
+    max_length = max_length or (run_config or {}).get("max_length") or 128
+    tokenizer = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else (run_config or {}).get("model"))
+    head = "regression" if task.is_regression else "classification"
+    model = load_model(model_dir, head=head, num_labels=task.num_labels)
+    rows = []
+    for name in ([split] if split else list(task.eval_splits)):
+        data = encode(task.load(data_dir, name), tokenizer, max_length)
+        if data.labels is None:
+            raise DataError(f"split {name!r} has no labels to evaluate against", fix="choose a labelled split")
+        metrics = score(task, predict_logits(model, data, tokenizer.pad_token_id, batch_size), data.labels)
+        rows.append(f"{task.name} {name} ({len(data)} examples): {_fmt_metrics(metrics)}")
+    return "\n".join(rows)
+
+
+def predict_file(path: str, input_file: str, output_file: Optional[str], text_columns: List[str], no_header: bool,
+                 batch_size: int, max_length: Optional[int]) -> str:
+    """Predicted label, its name and every class probability for each row of `input_file`."""
+    from nanoft.data import encode, read_table
+    from nanoft.tasks import Examples
+    from nanoft.train.evaluate import predict_logits
+    from nanoft.weights import load_model, load_tokenizer
+
+    model_dir, run_config = _run_or_model(path)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    id2label = config.get("id2label") or {}
+    regression = config.get("problem_type") == "regression"
+    columns: List[Any] = list(text_columns)
+    if not columns and run_config is not None:
+        try:
+            columns = list(_task_for(run_config, None, model_dir).text_columns)
+        except ConfigError:
+            columns = []
+    columns = columns or (["0"] if no_header else ["text"])
+    if no_header:
+        columns = [int(c) for c in columns]
+    table = read_table(input_file, has_header=not no_header)
+    texts = table.column(columns[0])
+    pairs = table.column(columns[1]) if len(columns) > 1 else None
+    n = len(texts)
+    examples = Examples(texts=texts, text_pairs=pairs, labels=None, lines=np.arange(2, n + 2), source=str(input_file),
+                        fingerprint="")
+    max_length = max_length or (run_config or {}).get("max_length") or 128
+    tokenizer = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else (run_config or {}).get("model"))
+    data = encode(examples, tokenizer, max_length, use_cache=False)
+    model = load_model(model_dir, head="regression" if regression else "classification")
+    logits = predict_logits(model, data, tokenizer.pad_token_id, batch_size)
+    records = []
+    if regression:
+        for i in range(n):
+            records.append({"index": i, "prediction": float(logits[i])})
+    else:
+        probs = torch.softmax(logits, dim=-1)
+        names = [id2label.get(str(j), str(j)) for j in range(probs.shape[1])]
+        for i in range(n):
+            j = int(probs[i].argmax())
+            rec = {"index": i, "label": names[j], "label_id": j}
+            rec.update({f"p_{name}": round(float(probs[i, k]), 6) for k, name in enumerate(names)})
+            records.append(rec)
+    fmt = "tsv" if output_file is None else Path(output_file).suffix.lstrip(".").lower()
+    if fmt == "jsonl":
+        text = "".join(json.dumps(r) + "\n" for r in records)
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(records[0].keys()) if records else ["index"],
+                                delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        text = buf.getvalue()
+    if output_file:
+        from nanoft.io import atomic_write_text
+
+        atomic_write_text(output_file, text)
+        return f"wrote {n} predictions to {output_file}\n"
+    return text

@@ -1,0 +1,137 @@
+"""Token ids for a split, computed once and cached on disk.
+
+An `EncodedDataset` keeps all examples' ids back to back in one flat array plus offsets (no
+per-example Python lists, no padding): example i is `input_ids[offsets[i]:offsets[i + 1]]`.
+That is what the cache stores, in one `.npz` per (examples fingerprint, tokenizer fingerprint,
+max length); the examples fingerprint already covers the file's content hash, the text columns and
+the selected rows. A second run with the same key loads the arrays instead of tokenizing.
+
+Tokenizing goes through the tokenizer's `encode_batch` in chunks; the fast (Rust) tokenizer
+spreads each chunk over all cores itself, so Python-side workers would only add copies.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+CHUNK = 8192  # examples per encode_batch call: big enough to keep all cores busy, bounded memory
+
+
+@dataclass
+class EncodedDataset:
+    """Unpadded token ids of n examples, with labels (int64, float32, or None when unlabelled)."""
+
+    input_ids: np.ndarray  # (total_tokens,) int32, all examples back to back
+    token_type_ids: np.ndarray  # (total_tokens,) int8
+    offsets: np.ndarray  # (n + 1,) int64
+    labels: Optional[np.ndarray]  # (n,)
+    key: str = ""  # cache key
+    from_cache: bool = False
+
+    def __post_init__(self) -> None:
+        self.lengths = np.diff(self.offsets)  # (n,) tokens per example, special tokens included
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def ids(self, i: int) -> np.ndarray:
+        return self.input_ids[self.offsets[i]:self.offsets[i + 1]]
+
+    def types(self, i: int) -> np.ndarray:
+        return self.token_type_ids[self.offsets[i]:self.offsets[i + 1]]
+
+
+def cache_root(cache_dir: Union[str, Path, None] = None) -> Path:
+    """cache_dir, else $NANOFT_CACHE_DIR, else ~/.cache/nanoft."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("NANOFT_CACHE_DIR") or Path.home() / ".cache" / "nanoft"
+    return Path(cache_dir).expanduser()
+
+
+def _content_hash(examples: Any) -> str:
+    """Fingerprint for examples built by hand (no file behind them): hash every text."""
+    h = hashlib.blake2b(digest_size=16)
+    for text in examples.texts:
+        h.update(text.encode("utf-8") + b"\x00")
+    h.update(b"\x01pairs\x01")
+    for text in examples.text_pairs or []:
+        h.update(text.encode("utf-8") + b"\x00")
+    return h.hexdigest()
+
+
+def cache_key(examples: Any, tokenizer: Any, max_length: int) -> str:
+    parts = [CACHE_VERSION, examples.fingerprint or _content_hash(examples), len(examples),
+             examples.text_pairs is not None, tokenizer.fingerprint, int(max_length)]
+    return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
+
+
+def tokenize(examples: Any, tokenizer: Any, max_length: int) -> tuple:
+    """(input_ids int32, token_type_ids int8, offsets int64) through the tokenizer's batch API."""
+    n = len(examples)
+    ids_chunks, type_chunks, lengths = [], [], np.zeros(n, dtype=np.int64)
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        pairs = examples.text_pairs[start:stop] if examples.text_pairs is not None else None
+        ids, types = tokenizer.encode_batch(examples.texts[start:stop], pairs, max_length=max_length)
+        lengths[start:stop] = [len(x) for x in ids]
+        count = int(lengths[start:stop].sum())
+        ids_chunks.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=count))
+        type_chunks.append(np.fromiter(itertools.chain.from_iterable(types), dtype=np.int8, count=count))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    empty = [np.zeros(0, dtype=np.int32)], [np.zeros(0, dtype=np.int8)]
+    return (np.concatenate(ids_chunks or empty[0]), np.concatenate(type_chunks or empty[1]), offsets)
+
+
+def _save(path: Path, input_ids: np.ndarray, token_type_ids: np.ndarray, offsets: np.ndarray) -> None:
+    """Write the cache file atomically: a concurrent reader sees no file or a whole one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, input_ids=input_ids, token_type_ids=token_type_ids, offsets=offsets)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load(path: Path, n: int) -> Optional[tuple]:
+    try:
+        with np.load(path) as z:
+            arrays = (z["input_ids"], z["token_type_ids"], z["offsets"])
+    except Exception as e:  # a damaged cache file is rebuilt, never trusted
+        logger.warning("ignoring unreadable cache file %s (%s)", path, e)
+        return None
+    if len(arrays[2]) != n + 1 or arrays[2][-1] != len(arrays[0]):
+        logger.warning("ignoring cache file %s: it does not match the examples", path)
+        return None
+    return arrays
+
+
+def encode(task_or_examples: Any, tokenizer: Any, max_length: int, cache_dir: Union[str, Path, None] = None, *,
+           split: str = "train", data_dir: Union[str, Path, None] = None, use_cache: bool = True) -> EncodedDataset:
+    """Encode `Examples` (or `task.load(data_dir, split)` when given a Task), through the disk cache."""
+    examples = task_or_examples.load(data_dir, split) if hasattr(task_or_examples, "load") else task_or_examples
+    key = cache_key(examples, tokenizer, max_length)
+    path = cache_root(cache_dir) / "encoded" / f"{key}.npz"
+    arrays = _load(path, len(examples)) if use_cache and path.is_file() else None
+    from_cache = arrays is not None
+    if arrays is None:
+        arrays = tokenize(examples, tokenizer, max_length)
+        if use_cache:
+            _save(path, *arrays)
+    labels = None if examples.labels is None else np.asarray(examples.labels)
+    return EncodedDataset(*arrays, labels=labels, key=key, from_cache=from_cache)

@@ -1,0 +1,61 @@
+"""IA³ (Liu et al., 2022): learned per-feature scaling vectors, nothing else.
+
+The paper rescales keys, values and the FFN's inner activation: k' = l_k ⊙ k, v' = l_v ⊙ v,
+h' = l_ff ⊙ act(W1 x). Keys and values are outputs of `attention.key` / `attention.value`, so
+there IA³ scales a linear layer's output. The FFN activation sits *between* `ffn.intermediate`
+and `ffn.output`, and scaling the input of `ffn.output` is the same thing: W2 (l ⊙ h) = (W2 diag l) h.
+Either way the scaling folds into the weight, so IA³ merges: diag(l)·W, l ⊙ b for outputs and
+W·diag(l) for inputs. The vectors start at one: the model is unchanged at step 0.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nanoft.peft.layers import PeftLayer
+
+
+class IA3Adapter(nn.Module):
+    """A scaling vector on the output (`scale_input=False`) or the input of one nn.Linear."""
+
+    mergeable = True
+
+    def __init__(self, base: nn.Linear, scale_input: bool = False) -> None:
+        super().__init__()
+        self.scale_input = scale_input
+        size = base.in_features if scale_input else base.out_features
+        self.ia3_scale = nn.Parameter(torch.ones(size, device=base.weight.device, dtype=base.weight.dtype))
+
+    def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
+        if self.scale_input:
+            return base(x * self.ia3_scale.to(x.dtype))
+        out = base(x)
+        return out * self.ia3_scale.to(out.dtype)  # the plain layer's dtype (bf16 under autocast)
+
+    def merge(self, base: nn.Linear) -> None:
+        if self.scale_input:
+            base.weight.mul_(self.ia3_scale[None, :])
+            return
+        base.weight.mul_(self.ia3_scale[:, None])
+        if base.bias is not None:
+            base.bias.mul_(self.ia3_scale)
+
+    def unmerge(self, base: nn.Linear) -> None:
+        if self.scale_input:
+            base.weight.div_(self.ia3_scale[None, :])
+            return
+        base.weight.div_(self.ia3_scale[:, None])
+        if base.bias is not None:
+            base.bias.div_(self.ia3_scale)
+
+    def extra_repr(self) -> str:
+        return f"{'input' if self.scale_input else 'output'}, size={self.ia3_scale.numel()}"
+
+
+class IA3Linear(PeftLayer):
+    """`base` nn.Linear with an IA³ scaling vector named `name`."""
+
+    def __init__(self, base: nn.Linear, scale_input: bool = False, name: str = "default") -> None:
+        super().__init__(base)
+        self.add(name, IA3Adapter(base, scale_input))
+        self.active = name
