@@ -92,6 +92,9 @@ def _flex(lengths: Optional[torch.Tensor], batch: int, n: int, device: str) -> C
     """FlexAttention, compiled; with lengths a block mask of the real keys, so padded blocks are skipped."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+    # each shape compiles its own kernels; resetting keeps dynamo's recompile limit from silently
+    # falling back to the eager (full-matrix) path after a few shapes
+    torch._dynamo.reset()
     compiled = torch.compile(flex_attention, dynamic=False)
     if lengths is None:
         return lambda q, k, v: compiled(q, k, v)
@@ -118,24 +121,20 @@ def dense_impl(name: str, batch: int, n: int, device: str) -> Callable:
     raise ValueError(f"unknown impl {name!r}")
 
 
+def pack(x: torch.Tensor, lengths: List[int]) -> torch.Tensor:
+    """(batch, heads, n, d) padded -> (total_tokens, heads, d): the layout a packed model keeps throughout."""
+    return torch.cat([x[b, :, :length].transpose(0, 1) for b, length in enumerate(lengths)], dim=0)
+
+
 def padded_impl(name: str, lengths: List[int], n: int, device: str) -> Callable:
-    """(q, k, v) padded to n -> out for the padded case; varlen packs inside the timed call, as a model would."""
+    """(q, k, v) padded to n -> out for the padded case (nanoft_varlen: packed q, k, v -> packed out)."""
     lens = torch.tensor(lengths, device=device)
     mask = torch.arange(n, device=device)[None, :] >= lens[:, None]  # (batch, n), True = padding
     if name == "nanoft":
         return lambda q, k, v: kernels.attention(q, k, v, key_padding_mask=mask, impl="triton")
-    if name == "nanoft_varlen":
-        keep = ~mask
+    if name == "nanoft_varlen":  # takes packed (total_tokens, heads, d) inputs, see pack()
         cu = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
-
-        def run(q, k, v):
-            # (batch, heads, n, d) -> (batch, n, heads, d) -> real tokens (total, heads, d)
-            packed = [t.transpose(1, 2)[keep] for t in (q, k, v)]
-            out = kernels.varlen_attention(*packed, cu, n, impl="triton")
-            full = out.new_zeros(q.shape[0], n, q.shape[1], q.shape[3])
-            full[keep] = out
-            return full.transpose(1, 2)
-        return run
+        return lambda q, k, v: kernels.varlen_attention(q, k, v, cu, n, impl="triton")
     if name == "naive":
         return lambda q, k, v: naive_attention(q, k, v, mask)
     if name == "sdpa":
@@ -151,10 +150,25 @@ def padded_impl(name: str, lengths: List[int], n: int, device: str) -> Callable:
 
 @dataclass
 class Measure:
-    """How one (impl, mode) is timed."""
+    """How one (impl, mode) is timed: warm up for `warm_s` (GPU clocks ramp up, autotuning and compiling
+    finish), then time enough calls to fill about `measure_s`, at least `min_repeat`."""
     device: str
-    warmup: int = 2
-    repeat: int = 10
+    warm_s: float = 0.2
+    measure_s: float = 0.3
+    min_repeat: int = 5
+
+
+def _timed(call: Callable, m: Measure, cuda: bool) -> float:
+    """Median seconds per call, each call synchronised (so CPU-side overhead counts, as it does for a user)."""
+    start, calls = time.perf_counter(), 0
+    while calls < 2 or time.perf_counter() - start < m.warm_s:
+        call()
+        if cuda:
+            torch.cuda.synchronize()
+        calls += 1
+    first = time_it(call, warmup=0, repeat=1, sync=cuda)
+    repeat = max(m.min_repeat, min(100, int(m.measure_s / max(first, 1e-6))))
+    return time_it(call, warmup=0, repeat=repeat, sync=cuda)
 
 
 def _measure(fn: Callable, q, k, v, mode: str, m: Measure) -> Dict:
@@ -171,7 +185,7 @@ def _measure(fn: Callable, q, k, v, mode: str, m: Measure) -> Dict:
             out = fn(q, k, v)
             torch.autograd.grad(out, (q, k, v), grad_out)
     try:
-        seconds = time_it(call, warmup=m.warmup, repeat=m.repeat, sync=cuda)
+        seconds = _timed(call, m, cuda)
         peak = None
         if cuda:
             torch.cuda.synchronize()
@@ -198,10 +212,10 @@ def _flops(per_seq_len: Sequence[int], heads: int, d: int, mode: str) -> float:
 
 def run_kernel_bench(seq_lens: Sequence[int], head_dims: Sequence[int], batch: Optional[int], heads: Optional[int],
                      dtype: torch.dtype, device: str, impls: Sequence[str], modes: Sequence[str] = ("fwd", "fwd_bwd"),
-                     *, tokens: int = 16384, flex_budget_s: float = 180.0, repeat: int = 10,
+                     *, tokens: int = 16384, flex_budget_s: float = 180.0,
                      progress: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
     """Dense case. batch None -> tokens // n sequences; heads None -> 2048 // d (a 2048-wide model)."""
-    m = Measure(device=device, warmup=2 if device.startswith("cuda") else 1, repeat=repeat)
+    m = Measure(device=device)
     rows: List[Dict] = []
     flex_spent = 0.0
     for d in head_dims:
@@ -229,11 +243,11 @@ def run_kernel_bench(seq_lens: Sequence[int], head_dims: Sequence[int], batch: O
 
 
 def run_padded_bench(batches: Dict[str, List[int]], head_dim: int, heads: int, dtype: torch.dtype, device: str,
-                     impls: Sequence[str], modes: Sequence[str] = ("fwd", "fwd_bwd"), repeat: int = 10,
+                     impls: Sequence[str], modes: Sequence[str] = ("fwd", "fwd_bwd"),
                      progress: Optional[Callable[[Dict], None]] = None,
                      pad_to: Optional[Dict[str, int]] = None) -> List[Dict]:
     """Padded case: each batch (name -> real lengths) is padded to its longest sequence, or to pad_to[name]."""
-    m = Measure(device=device, warmup=2 if device.startswith("cuda") else 1, repeat=repeat)
+    m = Measure(device=device)
     rows: List[Dict] = []
     for label, lengths in batches.items():
         n = max(max(lengths), (pad_to or {}).get(label, 0))
@@ -241,8 +255,11 @@ def run_padded_bench(batches: Dict[str, List[int]], head_dim: int, heads: int, d
         real = sum(lengths) / (len(lengths) * n)
         for name in impls:
             fn = padded_impl(name, lengths, n, device)
+            inputs = (q, k, v)
+            if name == "nanoft_varlen":
+                inputs = [pack(t.detach(), lengths).requires_grad_() for t in (q, k, v)]
             for mode in modes:
-                r = _measure(fn, q, k, v, mode, m)
+                r = _measure(fn, *inputs, mode, m)
                 tflops = _flops(lengths, heads, head_dim, mode) / (r["ms"] * 1e-3) / 1e12 if r["ms"] else None
                 rows.append({"case": f"padded-{label}", "impl": name, "mode": mode, "n": n, "d": head_dim,
                              "batch": len(lengths), "heads": heads, "real_frac": real, "ms": r["ms"],
@@ -300,8 +317,10 @@ def bench_all(device: str, *, quick: bool = False, lengths_file: Optional[Path] 
             "peak_mb": "extra CUDA memory allocated during one call (inputs excluded)"}
     notes = ("Dense: 16k tokens per batch (batch = 16384 // n), heads = 2048 // d, no mask. Padded: real length "
              "batches (SST-2 phrases, IMDB reviews; lengths from whitespace words x 1.3 + 2, seeded sample) "
-             "padded to the batch's longest (sst2@128: the same SST-2 batch padded to 128, a common max_length); SDPA gets a boolean mask, nanoft the lengths (varlen: packing and "
-             "unpacking included in the time). Rows with status oom/error did not run.")
+             "padded to the batch's longest (sst2@128: the same SST-2 batch padded to 128, a common max_length); SDPA gets a boolean mask, nanoft the mask (turned "
+             "into lengths inside the call, with a right-padding check), nanoft_varlen packed tensors (a packed model "
+             "keeps that layout, so packing is not timed). Each time is the median of synchronised calls after "
+             "0.2 s of warm-up (GPU clocks ramp up from idle). Rows with status oom/error did not run.")
     columns = ["case", "impl", "mode", "n", "d", "batch", "heads", "ms", "tflops", "peak_mb", "speedup_vs_sdpa_flash",
                "speedup_vs_sdpa", "status"]
     name = name or _result_name(device)
@@ -311,14 +330,14 @@ def bench_all(device: str, *, quick: bool = False, lengths_file: Optional[Path] 
 
     if cuda:
         dense = run_kernel_bench(seq_lens, [64, 128], None, None, torch.bfloat16, device, GPU_IMPLS,
-                                 flex_budget_s=90.0, progress=progress)
+                                 flex_budget_s=120.0, progress=progress)
         save(dense)
         padded = run_padded_bench({**batches, "sst2@128": batches["sst2"]}, 64, 12, torch.bfloat16, device,
                                   GPU_PADDED_IMPLS, progress=progress, pad_to={"sst2@128": 128})
     else:
-        dense = run_kernel_bench(seq_lens, [64], 2, 4, torch.float32, device, CPU_IMPLS, repeat=3, progress=progress)
+        dense = run_kernel_bench(seq_lens, [64], 2, 4, torch.float32, device, CPU_IMPLS, progress=progress)
         save(dense)
-        padded = run_padded_bench(batches, 64, 4, torch.float32, device, CPU_IMPLS, repeat=3, progress=progress)
+        padded = run_padded_bench(batches, 64, 4, torch.float32, device, CPU_IMPLS, progress=progress)
     return save(dense + padded)
 
 

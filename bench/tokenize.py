@@ -22,15 +22,19 @@ from nanoft.tasks import get_task
 from nanoft.weights import default_model_path, load_tokenizer
 
 
-def _median_seconds(fn: Callable[[], Any], repeat: int, setup: Optional[Callable[[], None]] = None) -> float:
-    times: List[float] = []
+def _interleaved_medians(methods: Dict[str, Callable[[], Any]], repeat: int,
+                         setup: Dict[str, Callable[[], None]]) -> Dict[str, float]:
+    """Median seconds per method, timing the methods in turn in each round so that a load spike on a
+    shared machine hits all of them alike."""
+    times: Dict[str, List[float]] = {name: [] for name in methods}
     for _ in range(repeat):
-        if setup is not None:
-            setup()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        for name, fn in methods.items():
+            if name in setup:
+                setup[name]()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def run(data_dir: Optional[str] = None, max_length: int = 128, repeat: int = 3) -> Dict[str, Any]:
@@ -62,12 +66,14 @@ def run(data_dir: Optional[str] = None, max_length: int = 128, repeat: int = 3) 
     tokenizer = load_tokenizer(model_dir)
     rows: List[Dict[str, Any]] = []
     try:
-        read_s = _median_seconds(lambda: task.load(data_dir, "train"), repeat)
-        cold_s = _median_seconds(lambda: nanoft_encode(False), repeat, setup=clear)
-        warm_s = _median_seconds(lambda: nanoft_encode(True), repeat)
-        batch_s = _median_seconds(lambda: tokenizer.encode_batch(examples.texts, max_length=max_length), repeat)
-        hf_call()  # warm-up: first call builds internal state
-        hf_s = _median_seconds(hf_call, repeat)
+        hf_call()  # warm-up: the first call builds internal state
+        seconds = _interleaved_medians({
+            "read": lambda: task.load(data_dir, "train"),
+            "cold": lambda: nanoft_encode(False),
+            "warm": lambda: nanoft_encode(True),
+            "batch": lambda: tokenizer.encode_batch(examples.texts, max_length=max_length),
+            "hf": hf_call,
+        }, repeat, setup={"cold": clear})
         data = nanoft_encode(True)
         reference = hf_call()
         same = all(data.ids(i).tolist() == reference[i] for i in range(len(data)))
@@ -76,17 +82,17 @@ def run(data_dir: Optional[str] = None, max_length: int = 128, repeat: int = 3) 
         shutil.rmtree(cache, ignore_errors=True)
 
     n, tokens = len(examples), int(data.lengths.sum())
-    for method, seconds, note in [
-        ("nanoft read file (parse + labels)", read_s, "part of every nanoft row below"),
-        ("nanoft encode, cold (tokenize + write cache)", cold_s, "from the file"),
-        ("nanoft encode, warm (read cache)", warm_s, "from the file"),
-        ("tokenizers encode_batch (no cache, lists)", batch_s, "texts in memory"),
-        ("transformers tokenizer call", hf_s, "texts in memory"),
+    for key, method, note in [
+        ("read", "nanoft read file (parse + labels)", "part of every nanoft row below"),
+        ("cold", "nanoft encode, cold (tokenize + write cache)", "from the file"),
+        ("warm", "nanoft encode, warm (read cache)", "from the file"),
+        ("batch", "tokenizers encode_batch (no cache, lists)", "texts in memory"),
+        ("hf", "transformers tokenizer call", "texts in memory"),
     ]:
-        rows.append({"method": method, "seconds": seconds, "examples_per_s": n / seconds,
-                     "vs_transformers": hf_s / seconds, "input": note})
+        rows.append({"method": method, "seconds": seconds[key], "examples_per_s": n / seconds[key],
+                     "vs_transformers": seconds["hf"] / seconds[key], "input": note})
     meta = {"task": "sst2 train", "examples": n, "real_tokens": tokens, "max_length": max_length,
-            "repeat": repeat, "statistic": "median", "cache_file_mb": round(cache_mb, 2),
+            "repeat": repeat, "statistic": "median of interleaved rounds", "cache_file_mb": round(cache_mb, 2),
             "ids_identical_to_transformers": same}
     notes = ("vs_transformers = transformers time / row time (above 1: faster). The warm row includes reading and "
              "hashing the TSV; the cache stores flat int32 ids + int8 token types + offsets in one .npz per "

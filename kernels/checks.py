@@ -84,13 +84,12 @@ def right_padded_lengths(key_padding_mask: torch.Tensor) -> Optional[torch.Tenso
     """Per-sequence key lengths (int32) if every row is real tokens then padding, else None.
 
     The kernels take lengths rather than a mask, so they can skip whole padded blocks; that is
-    exact only when the real tokens form a prefix of each row.
+    exact only when the real tokens form a prefix of each row, i.e. no row goes from padding back
+    to a real token.
     """
-    lengths = (~key_padding_mask).sum(dim=1)  # (batch,)
-    positions = torch.arange(key_padding_mask.shape[1], device=key_padding_mask.device)
-    if not torch.equal(positions[None, :] >= lengths[:, None], key_padding_mask):
+    if bool((key_padding_mask[:, :-1] & ~key_padding_mask[:, 1:]).any()):
         return None
-    return lengths.to(torch.int32)
+    return (~key_padding_mask).sum(dim=1, dtype=torch.int32)  # (batch,)
 
 
 def check_cu_seqlens(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,

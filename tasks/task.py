@@ -142,9 +142,8 @@ class Task:
         text_columns, label_column, table = self._layout(table)
         text_idx = [table.column_index(c) for c in text_columns]
         labelled = label_column is not None
-        if labelled and split.startswith("test") and table.header is not None and isinstance(label_column, str) \
-                and label_column not in table.header:
-            labelled = False  # GLUE test files ship without labels
+        if labelled and split.startswith("test") and not _has_column(table, label_column):
+            labelled = False  # test files (GLUE's, say) may ship without labels
         labels = self._parse_labels(table, table.column_index(label_column)) if labelled else None
 
         lines = np.asarray(table.lines, dtype=np.int64)
@@ -237,6 +236,12 @@ def resolve_data_dir(data_dir: Union[str, Path, None]) -> Path:
     if not path.is_dir():
         raise DataError("data directory not found", path=str(path), fix="pass --data-dir with an existing folder")
     return path
+
+
+def _has_column(table: Table, column: Column) -> bool:
+    if isinstance(column, int):
+        return column < table.width
+    return table.header is not None and column in table.header
 
 
 def is_int(value: str) -> bool:

@@ -96,3 +96,76 @@ def hf_model_factory():
 @pytest.fixture(scope="session")
 def make_batch():
     return padded_batch
+
+
+# ------------------------------------------------------------------ a tiny task for the trainer
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "the", "movie", "was", "plot", "acting", "very",
+         "not", "really", "a", "an", "film", "story", "so", "quite"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Encoding caches of the test session go to a temp folder, not ~/.cache."""
+    os.environ["NANOFT_CACHE_DIR"] = str(tmp_path_factory.mktemp("nanoft-cache"))
+
+
+def _write_tiny_task(directory: Path, n_train: int = 96, n_dev: int = 32, seed: int = 0) -> None:
+    """Sentences whose label is 1 iff they contain a positive word: learnable in a few steps."""
+    import random
+
+    rng = random.Random(seed)
+    positive, negative = WORDS[:3], WORDS[3:6]
+    fillers = WORDS[6:]
+
+    def rows(n):
+        out = []
+        for i in range(n):
+            label = i % 2
+            words = [rng.choice(fillers) for _ in range(rng.randint(2, 12))]
+            words.insert(rng.randint(0, len(words)), rng.choice(positive if label else negative))
+            out.append(f"{' '.join(words)}\t{label}")
+        return out
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "train.tsv").write_text("text\tlabel\n" + "\n".join(rows(n_train)) + "\n", encoding="utf-8")
+    (directory / "dev.tsv").write_text("text\tlabel\n" + "\n".join(rows(n_dev)) + "\n", encoding="utf-8")
+
+
+def _write_tiny_model(directory: Path, dropout: float) -> None:
+    import nanoft
+    from nanoft.models import EncoderModel
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    config = nanoft.ModelConfig(family="bert", vocab_size=len(vocab), hidden_size=32, num_layers=2, num_heads=4,
+                                intermediate_size=64, max_position_embeddings=64, hidden_dropout=dropout,
+                                attention_dropout=dropout)
+    torch.manual_seed(0)
+    model = EncoderModel(config, head="classification", num_labels=2).init_weights()
+    nanoft.save_model(model, directory)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory):
+    """{'data': folder with train.tsv/dev.tsv, 'model': tiny BERT (dropout 0.1), 'model_nodrop': dropout 0}."""
+    root = tmp_path_factory.mktemp("tiny-task")
+    _write_tiny_task(root / "data")
+    _write_tiny_model(root / "model", dropout=0.1)
+    _write_tiny_model(root / "model_nodrop", dropout=0.0)
+    return {"data": root / "data", "model": root / "model", "model_nodrop": root / "model_nodrop"}
+
+
+@pytest.fixture
+def tiny_config(tiny_task, tmp_path):
+    """A TrainConfig factory on the tiny task; runs go under tmp_path."""
+    from nanoft.train import TrainConfig
+
+    def make(**overrides):
+        values = dict(train_file=str(tiny_task["data"] / "train.tsv"), dev_file=str(tiny_task["data"] / "dev.tsv"),
+                      text_columns=["text"], label_column="label", model=str(tiny_task["model"]),
+                      batch_size=8, epochs=2, lr=3e-3, max_length=32, output=str(tmp_path / "run"), quiet=True,
+                      log_every=1, seed=0, precision="fp32")
+        values.update(overrides)
+        return TrainConfig(**values)
+
+    return make

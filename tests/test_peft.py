@@ -205,11 +205,27 @@ def test_model_merge_unmerge_exact(method):
             assert torch.allclose(restored[name], tensor, atol=1e-6), name
 
 
+def test_merged_copy_leaves_the_training_model_alone():
+    ids, mask = batch()
+    model = peft.apply(tiny(), "lora")
+    perturb(model)
+    expected = model(ids, mask)
+    plain = peft.merged_copy(model)
+    assert not peft.is_peft_model(plain) and peft.is_peft_model(model)
+    assert not any(isinstance(m, peft.PeftLayer) for m in plain.modules())
+    assert all(layer.merged is None for layer in model.modules() if isinstance(layer, peft.PeftLayer))
+    assert torch.allclose(plain(ids, mask), expected, atol=1e-5)
+    assert torch.equal(model(ids, mask), expected)
+
+
 @pytest.mark.parametrize("method", ["houlsby", "pfeiffer"])
 def test_bottleneck_adapters_refuse_to_merge(method):
     model = peft.apply(tiny(), method)
+    assert not peft.is_mergeable(model)
     with pytest.raises(ConfigError, match="cannot be merged"):
         peft.merge_and_unload(model)
+    with pytest.raises(ConfigError, match="cannot be merged"):
+        peft.merged_copy(model)
     assert all(layer.merged is None for layer in model.modules() if isinstance(layer, peft.PeftLayer))
 
 
@@ -247,6 +263,8 @@ def test_adapter_file_round_trip(method, tmp_path):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert len(list(st.keys())) == len(trainable)  # exactly the trained tensors, head included
     assert "head.out.weight" in st.keys()
+    size = (tmp_path / peft.WEIGHTS_NAME).stat().st_size
+    assert peft.adapter_nbytes(model) < size < peft.adapter_nbytes(model) + 16_384  # tensors + a small header
     config = json.loads((tmp_path / peft.CONFIG_NAME).read_text())
     assert config["method"] == method and config["base"]["hidden_size"] == 32
 

@@ -246,3 +246,16 @@ def test_jsonl_line_not_json(tmp_path):
     with pytest.raises(DataError) as e:
         from_files(path, text_columns="text")
     assert f"{path}:2: not valid JSON" in one_line(e)
+
+
+def test_csv_quoted_newlines_keep_line_numbers(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text('review,sentiment\n"two\nlines, one review",positive\nshort,negative\n"x",positive,extra\n',
+                    encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        from_files(path, text_columns="review", label_column="sentiment")
+    assert f"{path}:5: ragged row: 3 comma-separated fields" in one_line(e)  # the row after a 2-line review
+    path.write_text('review,sentiment\n"two\nlines, one review",positive\nshort,negative\n', encoding="utf-8")
+    task = from_files(path, path, text_columns="review", label_column="sentiment")
+    dev = task.load(None, "dev")
+    assert dev.texts == ["two\nlines, one review", "short"] and dev.lines.tolist() == [2, 4]

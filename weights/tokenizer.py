@@ -40,10 +40,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    @property
-    def fingerprint(self) -> str:
-        """A stable hash of the whole tokenizer definition (for encoding caches)."""
-        return hashlib.sha256(self.backend.to_str().encode("utf-8")).hexdigest()[:16]
+    def __post_init__(self) -> None:
+        # Hashed once, with padding/truncation off: encode calls change truncation, not identity.
+        self.backend.no_padding()
+        self.backend.no_truncation()
+        self.fingerprint = hashlib.sha256(self.backend.to_str().encode("utf-8")).hexdigest()[:16]
 
     def _truncate(self, max_length: Optional[int]) -> None:
         if max_length is None:
@@ -166,8 +167,6 @@ def load_tokenizer(path: Union[str, Path, None] = None) -> Tokenizer:
     else:
         raise CheckpointError("no tokenizer found (need tokenizer.json, vocab.txt, or vocab.json + merges.txt)",
                               path=str(path), fix="copy the tokenizer files next to config.json")
-    backend.no_padding()
-    backend.no_truncation()
     pad_token = tok_config.get("pad_token") if isinstance(tok_config.get("pad_token"), str) else None
     pad_id = None
     for candidate in (pad_token, "[PAD]", "<pad>"):

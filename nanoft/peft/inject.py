@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
 from torch import nn
 
 from nanoft.errors import ConfigError
@@ -23,7 +22,7 @@ from nanoft.peft.adapters import NON_LINEARITIES, BottleneckAdapter
 from nanoft.peft.ia3 import IA3Adapter
 from nanoft.peft.layers import HeadSwitch, PeftLayer
 from nanoft.peft.lora import LoraAdapter
-from nanoft.peft.targets import matches, named_layers, parse_targets, select
+from nanoft.peft.targets import matches, parse_targets, select, short_names
 
 
 # ----------------------------------------------------------------------------- options per method
@@ -110,7 +109,8 @@ def make_options(method: str, options: Dict[str, Any]) -> Any:
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in options if k not in valid]
     if unknown:
-        raise ConfigError(f"unknown {method} option(s) {', '.join(map(repr, unknown))}", fix=f"valid: {', '.join(valid)}")
+        raise ConfigError(f"unknown {method} option(s) {', '.join(map(repr, unknown))}",
+                          fix=f"valid: {', '.join(valid)}")
     merged = {**defaults, **options}
     for key in ("targets", "feedforward"):
         if merged.get(key) is not None:
@@ -174,8 +174,6 @@ def _bias_names(model: nn.Module, targets: Optional[Sequence[str]]) -> List[str]
     owners = [n.rpartition(".")[0] for n in biases]
     unmatched = [t for t in targets if not any(matches(t, o) for o in owners)]
     if unmatched:
-        from nanoft.peft.targets import short_names
-
         raise ConfigError(f"bitfit: target {', '.join(map(repr, unmatched))} matches no module with a bias; "
                           f"available: {', '.join(short_names(owners))}")
     return [n for n, o in zip(biases, owners) if any(matches(t, o) for t in targets)]

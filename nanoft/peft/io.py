@@ -145,4 +145,5 @@ def _shape_problems(saved: Dict[str, tuple], ours: Dict[str, tuple]) -> List[str
             for k in sorted(saved) if k in ours and tuple(saved[k]) != tuple(ours[k])]
 
 
-__all__ = ["save_adapter", "load_adapter", "adapter_nbytes", "read_adapter_config", "base_fingerprint", "WEIGHTS_NAME", "CONFIG_NAME"]
+__all__ = ["save_adapter", "load_adapter", "adapter_nbytes", "read_adapter_config", "base_fingerprint",
+           "WEIGHTS_NAME", "CONFIG_NAME"]

@@ -103,6 +103,7 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool) -
 
 
 def has_peft(model: nn.Module) -> bool:
+    """True when PEFT wrapped layers of the model (BitFit wraps none: its checkpoints are plain)."""
     return any(getattr(m, "is_peft_layer", False) for m in model.modules())
 
 
@@ -454,8 +455,8 @@ class Trainer:
             from nanoft import peft
 
             peft.save_adapter(self.model, tmp / "adapter")
-            merged = peft.merged_copy(self.model)
-            save_model(merged, tmp, label_names=self.task.label_names)
+            if peft.is_mergeable(self.model):  # bottleneck adapters cannot be folded into the weights
+                save_model(peft.merged_copy(self.model), tmp, label_names=self.task.label_names)
         else:
             save_model(self.model, tmp, label_names=self.task.label_names)
         self.tokenizer.save(tmp)

@@ -1,0 +1,68 @@
+"""Re-initialising the top k encoder layers (and BERT's pooler) before fine-tuning.
+
+Zhang et al. 2021 ("Revisiting Few-sample BERT Fine-tuning") found that the top layers of a
+pretrained BERT are specialised to the pretraining objective and that re-initialising them
+(plus the pooler) makes fine-tuning on small tasks more stable. The new weights follow BERT's
+init (N(0, 0.02) weights, zero biases, unit LayerNorm), drawn from a generator seeded by the run's
+seed inside a forked RNG, so the rest of the run (dropout, data order) sees the same random
+stream as without re-init, and every other tensor stays bit-identical to the checkpoint.
+"""
+from __future__ import annotations
+
+from typing import Any, List
+
+import torch
+from torch import nn
+
+from nanoft.errors import ConfigError
+from nanoft.models.encoder import init_weights
+from nanoft.train.hooks import Technique
+
+_STANDARD = (nn.Linear, nn.Embedding, nn.LayerNorm)
+
+
+def reinit_modules(model: nn.Module, k: int) -> List[nn.Module]:
+    """The modules re-init touches: the top `k` encoder layers, and the pooler (BERT's head.dense)."""
+    layers = model.encoder.layers
+    if k > len(layers):
+        raise ConfigError(f"reinit_layers={k} but the model has only {len(layers)} encoder layers",
+                          fix=f"use --reinit-layers between 0 and {len(layers)}")
+    modules: List[nn.Module] = list(layers[len(layers) - k:]) if k else []
+    head = getattr(model, "head", None)
+    # only BERT's head.dense is a pretrained pooler; RoBERTa/DistilBERT's is part of the task head
+    if k and model.config.family == "bert" and head is not None and hasattr(head, "dense"):
+        modules.append(head.dense)
+    return modules
+
+
+def reinit_top_layers(model: nn.Module, k: int, seed: int, std: float = 0.02) -> List[str]:
+    """Re-initialise the top `k` layers (and pooler) in place; returns the names of the tensors changed."""
+    modules = reinit_modules(model, k)
+    touched = {id(p) for m in modules for p in m.parameters()}
+    devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for module in modules:
+            init_weights(module, std=std)
+            for sub in module.modules():  # attention cores with their own parameters (Linformer, …)
+                reset = getattr(sub, "reset_parameters", None)
+                if reset is not None and not isinstance(sub, _STANDARD):
+                    reset()
+    return [name for name, p in model.named_parameters() if id(p) in touched]
+
+
+class ReinitTopLayers(Technique):
+    """`reinit_layers = k`: fresh top-k layers and pooler, done once in setup (before PEFT is applied)."""
+
+    name = "reinit"
+
+    def __init__(self, k: int, seed: int) -> None:
+        self.k = k
+        self.seed = seed
+        self.reinitialised: List[str] = []
+
+    def setup(self, trainer: Any) -> None:
+        self.reinitialised = reinit_top_layers(trainer.model, self.k, self.seed)
+
+    def finish(self, trainer: Any):
+        return {"reinit": {"layers": self.k, "tensors": len(self.reinitialised)}}
