@@ -66,12 +66,13 @@ def check_padded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def check_triton(q: torch.Tensor, v: torch.Tensor, interpret: bool) -> None:
-    """What the Triton kernels support: CUDA (or the interpreter), fp16/bf16, head_dim 32/64/128."""
+    """What the Triton kernels support: CUDA (or the interpreter, which also takes fp32/fp64), fp16/bf16,
+    head_dim 32/64/128."""
     if not (q.is_cuda or interpret):
         raise ConfigError(f"impl='triton' needs CUDA tensors, got device {q.device}",
                           fix="move q, k, v to CUDA, set TRITON_INTERPRET=1 for the CPU interpreter, "
                               "or use impl='sdpa'")
-    allowed = TRITON_DTYPES + ((torch.float32,) if interpret else ())
+    allowed = TRITON_DTYPES + ((torch.float32, torch.float64) if interpret else ())  # fp64: gradcheck
     if q.dtype not in allowed:
         raise ConfigError(f"impl='triton' supports {', '.join(str(d) for d in allowed)}, got {q.dtype}",
                           fix="cast to torch.bfloat16 or torch.float16, or use impl='sdpa'")

@@ -63,7 +63,8 @@ FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64,
 # the dK/dV kernel owns BLOCK_N keys and walks BLOCK_M queries; the dQ kernel the other way round
 BWD_KV_CONFIGS = _configs([(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4), (64, 64, 4, 3)], (32, 64, 4, 3))
 BWD_Q_CONFIGS = _configs([(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 32, 4, 3)], (64, 32, 4, 3))
-TUNE_KEY = ["seq_q", "seq_k", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_SEQLENS", "VARLEN", "HAS_DROPOUT"]
+# tuned per power-of-two length bucket, not per length: a new batch length must not re-run autotuning
+TUNE_KEY = ["tune_len", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_SEQLENS", "VARLEN", "HAS_DROPOUT"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def _fwd_inner(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, l
 def _fwd_kernel(Q, K, V, O, LSE, SEQLENS, CU_SEQLENS,
                 stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                 stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
-                H, seq_q, seq_k, qk_scale, window, num_global, seed, rng_stride, dropout_p,
+                H, seq_q, seq_k, qk_scale, window, num_global, seed, rng_stride, dropout_p, tune_len,
                 HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SEQLENS: tl.constexpr,
                 VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -313,7 +314,7 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, SEQLENS, CU_SEQLENS,
                    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                    stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
                    stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs, stride_lb, stride_lh,
-                   H, seq_q, seq_k, qk_scale, scale, window, num_global, seed, rng_stride, dropout_p,
+                   H, seq_q, seq_k, qk_scale, scale, window, num_global, seed, rng_stride, dropout_p, tune_len,
                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                    HAS_SEQLENS: tl.constexpr, VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -396,7 +397,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, LSE, DELTA, SEQLENS, CU_SEQLENS,
                   stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                   stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
                   stride_dqb, stride_dqh, stride_dqs, stride_lb, stride_lh,
-                  H, seq_q, seq_k, qk_scale, scale, window, num_global, seed, rng_stride, dropout_p,
+                  H, seq_q, seq_k, qk_scale, scale, window, num_global, seed, rng_stride, dropout_p, tune_len,
                   HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                   HAS_SEQLENS: tl.constexpr, VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -479,9 +480,10 @@ def _flags(p: FlashParams, seqlens: Optional[torch.Tensor], varlen: bool) -> dic
                 VARLEN=varlen, HAS_DROPOUT=p.dropout_p > 0.0)
 
 
-def _scalars(p: FlashParams) -> dict:
+def _scalars(p: FlashParams, seq_q: int, seq_k: int) -> dict:
+    """Runtime scalars shared by the autotuned kernels; tune_len only selects the autotuning bucket."""
     return dict(window=p.window if p.window is not None else 0, num_global=p.num_global, seed=p.seed,
-                dropout_p=p.dropout_p)
+                dropout_p=p.dropout_p, tune_len=triton.next_power_of_2(max(seq_q, seq_k, 16)))
 
 
 def _forward(q, k, v, seqlens, cu_seqlens, max_seqlen, p: FlashParams):
@@ -505,7 +507,7 @@ def _forward(q, k, v, seqlens, cu_seqlens, max_seqlen, p: FlashParams):
                       cu_seqlens if varlen else unused,
                       *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(out, varlen),
                       stride_lb, stride_lh, heads, seq_q, seq_k, p.scale * LOG2E, rng_stride=rng_stride,
-                      HEAD_DIM=q.shape[-1], **_scalars(p), **_flags(p, seqlens, varlen))
+                      HEAD_DIM=q.shape[-1], **_scalars(p, seq_q, seq_k), **_flags(p, seqlens, varlen))
     return out, lse
 
 
@@ -534,13 +536,13 @@ def _backward(do, q, k, v, out, lse, seqlens, cu_seqlens, max_seqlen, p: FlashPa
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
         *_strides3(dk, varlen), *_strides3(dv, varlen), stride_lb, stride_lh,
         heads, seq_q, seq_k, p.scale * LOG2E, p.scale, rng_stride=rng_stride, HEAD_DIM=q.shape[-1],
-        **_scalars(p), **flags)
+        **_scalars(p, seq_q, seq_k), **flags)
     _bwd_q_kernel[lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)](
         q, k, v, do, dq, lse, delta, seqlens_arg, cu_arg,
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
         *_strides3(dq, varlen), stride_lb, stride_lh,
         heads, seq_q, seq_k, p.scale * LOG2E, p.scale, rng_stride=rng_stride, HEAD_DIM=q.shape[-1],
-        **_scalars(p), **flags)
+        **_scalars(p, seq_q, seq_k), **flags)
     return dq, dk, dv
 
 

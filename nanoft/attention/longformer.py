@@ -69,9 +69,7 @@ class LongformerAttention(nn.Module):
                             device=q.device)
         w = min(self.options.window, n - 1)
         if self._fused_ok(q, key_padding_mask):
-            return kernels.attention(q, k, v, key_padding_mask=key_padding_mask, window=w, num_global=len(glob),
-                                     dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
-                                     impl="triton")
+            return self._fused(q, k, v, key_padding_mask, w, len(glob))
         out = self._banded(q, k, v, valid, glob, w)
         if glob.numel() > 0:
             out = out.index_copy(2, glob, self._global_queries(q, k, v, valid, glob))
@@ -88,6 +86,12 @@ class LongformerAttention(nn.Module):
                 and positions == tuple(range(len(positions)))
                 and kernels.triton_available()
                 and (key_padding_mask is None or right_padded_lengths(key_padding_mask) is not None))
+
+    def _fused(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], w: int,
+               num_global: int) -> Tensor:
+        """The same attention through the fused Triton kernel (global tokens = the first num_global)."""
+        return kernels.attention(q, k, v, key_padding_mask=key_padding_mask, window=w, num_global=num_global,
+                                 dropout_p=self.dropout if self.training else 0.0, scale=self.scale, impl="triton")
 
     def _banded(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, glob: Tensor, w: int) -> Tensor:
         """Every query against its window of non-global keys plus all global keys."""

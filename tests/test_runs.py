@@ -1,0 +1,92 @@
+"""Experiment files, report aggregation, and data-parallel training (2 CPU processes, gloo)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from nanoft.experiment import aggregate, mean_std_max, report_text, run_experiments
+from nanoft.weights.safetensors_io import SafetensorsFile
+
+
+def test_run_continues_past_a_failing_experiment_and_skips_finished(tiny_task, tmp_path):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(textwrap.dedent(f"""
+        output_root = "{tmp_path / 'runs'}"
+        seeds = [1, 2]
+        [defaults]
+        train_file = "{tiny_task['data'] / 'train.tsv'}"
+        dev_file = "{tiny_task['data'] / 'dev.tsv'}"
+        text_columns = ["text"]
+        model = "{tiny_task['model']}"
+        max_steps = 3
+        batch_size = 8
+        precision = "fp32"
+        [experiments.broken]
+        model = "{tmp_path / 'no-such-model'}"
+        [experiments.ok]
+        lr = 1e-3
+    """))
+    summary = run_experiments(str(exp))
+    assert len(summary["failed"]) == 2 and all("broken" in f and "does not exist" in f for f in summary["failed"])
+    assert len(summary["done"]) == 2
+    assert (tmp_path / "runs" / "ok" / "seed1" / "results.json").is_file()
+    assert "ok" in summary["table"] and "dev.accuracy" in summary["table"]
+    again = run_experiments(str(exp), only=["ok"])
+    assert len(again["skipped"]) == 2 and not again["done"]
+
+
+def test_report_mean_std_max(tmp_path):
+    accs = [0.5, 0.7, 0.9]
+    for i, acc in enumerate(accs):
+        d = tmp_path / "runs" / "lora" / f"seed{i}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({
+            "best": {"metrics": {"dev": {"accuracy": acc, "loss": 1.0}}}, "train_seconds": 10.0 * (i + 1),
+            "examples_per_s": 100.0}))
+    stats = mean_std_max(accs)
+    assert stats["mean"] == pytest.approx(0.7) and stats["std"] == pytest.approx(0.2) and stats["max"] == 0.9
+    text = report_text(str(tmp_path / "runs"), "markdown")
+    assert "| lora" in text and "0.7000 ± 0.2000 / 0.9000" in text and "20.0 ± 10.0 / 30.0" in text
+    csv_text = report_text(str(tmp_path / "runs"), "csv")
+    header, row = csv_text.splitlines()
+    values = dict(zip(header.split(","), row.split(",")))
+    assert float(values["dev.accuracy_mean"]) == pytest.approx(0.7) and values["seeds"] == "3"
+
+
+DDP_SCRIPT = """
+import sys
+from nanoft.train import Trainer, TrainConfig
+out, world = sys.argv[1], int(sys.argv[2])
+cfg = TrainConfig(train_file=sys.argv[3], dev_file=sys.argv[4], text_columns=["text"], model=sys.argv[5],
+                  batch_size=8 * (2 // world), max_steps=4, lr=1e-3, max_length=32, output=out, quiet=True,
+                  precision="fp32", seed=0, sampler="random", eval_every=4)
+Trainer(cfg, device="cpu").fit()
+"""
+
+
+def test_ddp_two_processes_equal_one_process_with_double_batch(tiny_task, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    common = [str(tiny_task["data"] / "train.tsv"), str(tiny_task["data"] / "dev.tsv"), str(tiny_task["model_nodrop"])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "1", *common],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    double = subprocess.run(torchrun + [str(script), str(tmp_path / "two"), "2", *common],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert double.returncode == 0, double.stderr
+    a = SafetensorsFile(tmp_path / "one" / "checkpoint" / "model.safetensors")
+    b = SafetensorsFile(tmp_path / "two" / "checkpoint" / "model.safetensors")
+    for key in a.keys():
+        torch.testing.assert_close(a.tensor(key), b.tensor(key), atol=1e-5, rtol=1e-4)
+    ra = json.loads((tmp_path / "one" / "results.json").read_text())
+    rb = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert rb["world_size"] == 2
+    assert ra["best"]["metrics"]["dev"]["accuracy"] == rb["best"]["metrics"]["dev"]["accuracy"]
