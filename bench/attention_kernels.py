@@ -213,9 +213,10 @@ def _flops(per_seq_len: Sequence[int], heads: int, d: int, mode: str) -> float:
 def run_kernel_bench(seq_lens: Sequence[int], head_dims: Sequence[int], batch: Optional[int], heads: Optional[int],
                      dtype: torch.dtype, device: str, impls: Sequence[str], modes: Sequence[str] = ("fwd", "fwd_bwd"),
                      *, tokens: int = 16384, flex_budget_s: float = 180.0,
-                     progress: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
+                     progress: Optional[Callable[[Dict], None]] = None,
+                     measure: Optional[Measure] = None) -> List[Dict]:
     """Dense case. batch None -> tokens // n sequences; heads None -> 2048 // d (a 2048-wide model)."""
-    m = Measure(device=device)
+    m = measure or Measure(device=device)
     rows: List[Dict] = []
     flex_spent = 0.0
     for d in head_dims:
@@ -245,9 +246,9 @@ def run_kernel_bench(seq_lens: Sequence[int], head_dims: Sequence[int], batch: O
 def run_padded_bench(batches: Dict[str, List[int]], head_dim: int, heads: int, dtype: torch.dtype, device: str,
                      impls: Sequence[str], modes: Sequence[str] = ("fwd", "fwd_bwd"),
                      progress: Optional[Callable[[Dict], None]] = None,
-                     pad_to: Optional[Dict[str, int]] = None) -> List[Dict]:
+                     pad_to: Optional[Dict[str, int]] = None, measure: Optional[Measure] = None) -> List[Dict]:
     """Padded case: each batch (name -> real lengths) is padded to its longest sequence, or to pad_to[name]."""
-    m = Measure(device=device)
+    m = measure or Measure(device=device)
     rows: List[Dict] = []
     for label, lengths in batches.items():
         n = max(max(lengths), (pad_to or {}).get(label, 0))
@@ -317,10 +318,11 @@ def bench_all(device: str, *, quick: bool = False, lengths_file: Optional[Path] 
             "peak_mb": "extra CUDA memory allocated during one call (inputs excluded)"}
     notes = ("Dense: 16k tokens per batch (batch = 16384 // n), heads = 2048 // d, no mask. Padded: real length "
              "batches (SST-2 phrases, IMDB reviews; lengths from whitespace words x 1.3 + 2, seeded sample) "
-             "padded to the batch's longest (sst2@128: the same SST-2 batch padded to 128, a common max_length); SDPA gets a boolean mask, nanoft the mask (turned "
-             "into lengths inside the call, with a right-padding check), nanoft_varlen packed tensors (a packed model "
-             "keeps that layout, so packing is not timed). Each time is the median of synchronised calls after "
-             "0.2 s of warm-up (GPU clocks ramp up from idle). Rows with status oom/error did not run.")
+             "padded to the batch's longest (sst2@128: the same SST-2 batch padded to 128, a common max_length); "
+             "SDPA gets a boolean mask, nanoft the mask (turned into lengths inside the call, with a right-padding "
+             "check), nanoft_varlen packed tensors (a packed model keeps that layout, so packing is not timed). "
+             "Each time is the median of synchronised calls after 0.2 s of warm-up (GPU clocks ramp up from idle). "
+             "Rows with status oom/error did not run.")
     columns = ["case", "impl", "mode", "n", "d", "batch", "heads", "ms", "tflops", "peak_mb", "speedup_vs_sdpa_flash",
                "speedup_vs_sdpa", "status"]
     name = name or _result_name(device)

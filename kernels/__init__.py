@@ -1,11 +1,16 @@
 """nanoft.kernels: one attention entry point over fused Triton kernels, torch SDPA and a reference.
 
     out = nanoft.kernels.attention(q, k, v, key_padding_mask=None, window=None, dropout_p=0.0)
+    out = nanoft.kernels.varlen_attention(q, k, v, cu_seqlens, max_seqlen)   # packed, no padding at all
 
 q, k, v are (batch, heads, seq, head_dim); `key_padding_mask` (batch, seq_k) is True where a key is
 padding. impl="auto" runs the Triton flash-attention kernels on CUDA (fp16/bf16, head_dim 32/64/128,
 right-padded masks) and torch's scaled_dot_product_attention everywhere else. Triton is imported only
 when its path is taken, so CPU installs without it work.
+
+Environment: TRITON_INTERPRET=1 (set before the first Triton call) runs the kernels on CPU through the
+Triton interpreter, in fp32/fp64, for tests; NANOFT_TRITON_AUTOTUNE=0 uses one block config per kernel
+instead of autotuning (fast compiles).
 """
 from __future__ import annotations
 
@@ -37,6 +42,12 @@ def _flash():
     """The Triton kernels module, imported on first use."""
     from nanoft.kernels import flash
     return flash
+
+
+def _triton_fits(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether impl="auto" takes the Triton kernels: CUDA, fp16/bf16, a supported head_dim, triton installed."""
+    return (q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS
+            and v.shape[-1] == q.shape[-1] and triton_available())
 
 
 def _draw_seed(dropout_p: float, dropout_seed: Optional[int]) -> int:
@@ -81,26 +92,25 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mas
     if key_padding_mask is not None:
         key_padding_mask = key_padding_mask.to(q.device)
 
-    if impl == "auto":
-        impl = "sdpa"
-        if q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS \
-                and v.shape[-1] == q.shape[-1] and triton_available():
-            impl = "triton"
+    auto = impl == "auto"
+    if auto:
+        impl = "triton" if _triton_fits(q, v) else "sdpa"
     if impl == "reference":
         return reference_attention(q, k, v, key_padding_mask, window, dropout_p, causal, scale,
                                    num_global=num_global)
     if impl == "triton":
         flash = _flash()
         check_triton(q, v, flash.INTERPRET)
-        seqlens = None
-        if key_padding_mask is not None:
-            seqlens = right_padded_lengths(key_padding_mask)
-            if seqlens is None:
+        seqlens = None if key_padding_mask is None else right_padded_lengths(key_padding_mask)
+        if key_padding_mask is not None and seqlens is None:
+            if not auto:
                 raise ConfigError("the Triton kernels need right-padded key_padding_mask rows (real tokens "
                                   "first, then padding)", fix="pad on the right, or use impl='sdpa'")
-        return flash.flash_attention(q, k, v, seqlens=seqlens, window=window, num_global=num_global,
-                                     dropout_p=dropout_p, causal=causal, scale=scale,
-                                     seed=_draw_seed(dropout_p, dropout_seed))
+            log.debug("key_padding_mask is not right-padded: attention runs on SDPA instead of Triton")
+        else:
+            return flash.flash_attention(q, k, v, seqlens=seqlens, window=window, num_global=num_global,
+                                         dropout_p=dropout_p, causal=causal, scale=scale,
+                                         seed=_draw_seed(dropout_p, dropout_seed))
     return _sdpa(q, k, v, key_padding_mask, window, num_global, dropout_p, causal, scale)
 
 
@@ -118,10 +128,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     check_cu_seqlens(q, k, v, cu_seqlens, max_seqlen)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if impl == "auto":
-        impl = "sdpa"
-        if q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS \
-                and v.shape[-1] == q.shape[-1] and triton_available():
-            impl = "triton"
+        impl = "triton" if _triton_fits(q, v) else "sdpa"
     if impl == "triton":
         flash = _flash()
         check_triton(q, v, flash.INTERPRET)

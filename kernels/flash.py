@@ -77,9 +77,10 @@ def _sequence(pid_bh, H, seq_q, seq_k, SEQLENS, CU_SEQLENS, HAS_SEQLENS: tl.cons
     b = pid_bh // H
     h = pid_bh % H
     if VARLEN:
-        start = tl.load(CU_SEQLENS + b)
-        len_q = tl.load(CU_SEQLENS + b + 1) - start
+        first = tl.load(CU_SEQLENS + b)
+        len_q = tl.load(CU_SEQLENS + b + 1) - first
         len_k = len_q
+        start = first.to(tl.int64)  # token offsets into a large packed batch can pass 2**31 elements
     else:
         start = 0
         len_q = seq_q
@@ -559,6 +560,7 @@ class FlashAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, k, v, out, lse, seqlens, cu_seqlens = ctx.saved_tensors
         dq, dk, dv = _backward(do, q, k, v, out, lse, seqlens, cu_seqlens, ctx.max_seqlen, ctx.params)

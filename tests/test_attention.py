@@ -14,9 +14,9 @@ if not torch.cuda.is_available():  # the Triton kernels then run in the interpre
 
 import pytest  # noqa: E402
 
-from nanoft.attention import (BigBird, BigBirdAttention, Full, FullAttention, Linformer, Longformer,
-                              LongformerAttention, Performer, PerformerAttention, available, build,
-                              options_of)  # noqa: E402
+from nanoft.attention import (BigBird, BigBirdAttention, Full, FullAttention, Linformer,  # noqa: E402
+                              Longformer, LongformerAttention, Performer, PerformerAttention, available, build,
+                              options_of)
 from nanoft.errors import ConfigError  # noqa: E402
 
 HEADS, DIM, MAXLEN = 2, 16, 64
@@ -53,7 +53,9 @@ def qkv(batch=2, seq=40, dim=DIM, heads=HEADS, seed=0, dtype=torch.float32, scal
 
 def test_registry_lists_all_kinds_and_aliases():
     assert available() == ["full", "linformer", "performer", "longformer", "bigbird"]
-    assert (Full, Linformer, Performer, Longformer, BigBird)[2] is PerformerAttention
+    aliases = (Full, Linformer, Performer, Longformer, BigBird)
+    assert aliases == (FullAttention, Linformer, PerformerAttention, LongformerAttention, BigBirdAttention)
+    assert all(cls.__name__.lower().startswith(kind) for cls, kind in zip(aliases, available()))
     for kind in available():
         module = build(kind, num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, dropout=0.1)
         assert module.dropout == 0.1 and hasattr(module, "reset_parameters")
@@ -87,6 +89,17 @@ def test_unknown_option_suggests_nearest():
 def test_bad_option_values_are_config_errors(kind, options):
     with pytest.raises(ConfigError, match=kind):
         build(kind, num_heads=2, head_dim=8, max_length=16, **options)
+
+
+@pytest.mark.parametrize("kind", available())
+def test_wrong_input_shapes_name_the_expected_layout(kind):
+    module = build(kind, num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, **SMALL[kind])
+    q, k, v = qkv(heads=HEADS + 1)
+    with pytest.raises(ConfigError, match=rf"built for {HEADS} heads"):
+        module(q, k, v)
+    q, k, v = qkv()
+    with pytest.raises(ConfigError, match="key_padding_mask must be a bool tensor"):
+        module(q, k, v, torch.ones(2, 40))
 
 
 @pytest.mark.parametrize("kind", ["linformer", "bigbird"])

@@ -20,17 +20,19 @@ def default_scale(head_dim: int, scale: Optional[float]) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
-def check_inputs(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor]) -> None:
-    """Fail early with shapes in the message, instead of deep inside a matmul."""
-    if q.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"attention expects q, k, v as (batch, heads, seq, head_dim) with matching "
-                         f"batch, heads and head_dim; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}")
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], num_heads: int) -> None:
+    """Fail early with shapes in the message, instead of deep inside a matmul (same error type as
+    `nanoft.kernels.attention`)."""
+    if (q.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]
+            or q.shape[1] != num_heads):
+        raise ConfigError(f"attention built for {num_heads} heads got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                          f"v {tuple(v.shape)}", fix=f"pass q, k, v as (batch, {num_heads}, seq, head_dim) "
+                                                   "with matching batch and head_dim")
     if key_padding_mask is not None:
         if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (k.shape[0], k.shape[2]):
-            raise ValueError(f"key_padding_mask must be a bool tensor (batch, seq_k) = "
-                             f"{(k.shape[0], k.shape[2])} with True at padding; got "
-                             f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+            raise ConfigError(f"key_padding_mask must be a bool tensor (batch, seq_k) = {(k.shape[0], k.shape[2])}, "
+                              f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}",
+                              fix="pass attention_mask == 0 (True at padding)")
 
 
 def check_length(kind: str, seq: int, max_length: int) -> None:

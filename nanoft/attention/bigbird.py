@@ -104,7 +104,7 @@ class BigBirdAttention(nn.Module):
         return idx, ok  # (heads, queries, slots)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        check_inputs(q, k, v, key_padding_mask)
+        check_inputs(q, k, v, key_padding_mask, self.num_heads)
         batch, heads, n, dim = q.shape
         check_length("bigbird", n, self.max_length)
         bs = self.options.block_size
@@ -112,6 +112,7 @@ class BigBirdAttention(nn.Module):
         n_pad = blocks * bs
         g = min(self.options.num_global_blocks, blocks)
         valid = F.pad(key_is_valid(key_padding_mask, batch, n, q.device), (0, n_pad - n), value=False)
+        q = q * self.scale  # scaling q (n x d) is cheaper than scaling scores, forward and backward
         q, k, v = (F.pad(t, (0, 0, 0, n_pad - n)) for t in (q, k, v))  # (batch, heads, n_pad, dim)
 
         out_global = self._global_queries(q[:, :, : g * bs], k, v, valid)  # (batch, heads, g * bs, dim)
@@ -128,15 +129,15 @@ class BigBirdAttention(nn.Module):
         key_ok = key_ok.reshape(batch, heads, queries, 1, slots * bs)
 
         q_blocks = q[:, :, g * bs:].reshape(batch, heads, queries, bs, dim)
-        scores = (q_blocks @ k_sel.transpose(-2, -1)) * self.scale  # (batch, heads, queries, bs, slots * bs)
+        scores = q_blocks @ k_sel.transpose(-2, -1)  # (batch, heads, queries, bs, slots * bs)
         probs = masked_softmax(scores, key_ok)
         probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
         out_sparse = (probs @ v_sel).reshape(batch, heads, queries * bs, dim)
         return torch.cat([out_global, out_sparse], dim=2)[:, :, :n]
 
     def _global_queries(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor) -> Tensor:
-        """Queries of the global blocks attend to every non-padded key."""
-        scores = (q @ k.transpose(-2, -1)) * self.scale  # (batch, heads, g * bs, n_pad)
+        """Queries (already scaled) of the global blocks attend to every non-padded key."""
+        scores = q @ k.transpose(-2, -1)  # (batch, heads, g * bs, n_pad)
         probs = masked_softmax(scores, valid[:, None, None, :])
         probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
         return probs @ v

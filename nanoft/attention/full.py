@@ -36,7 +36,7 @@ class FullAttention(nn.Module):
         """Nothing to initialise; present so every kind can be reset the same way."""
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        check_inputs(q, k, v, key_padding_mask)
+        check_inputs(q, k, v, key_padding_mask, self.num_heads)
         return kernels.attention(q, k, v, key_padding_mask=key_padding_mask,
                                  dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
 

@@ -62,7 +62,7 @@ class LinformerAttention(nn.Module):
             nn.init.normal_(self.proj_v, std=std)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        check_inputs(q, k, v, key_padding_mask)
+        check_inputs(q, k, v, key_padding_mask, self.num_heads)
         n = k.shape[2]
         check_length("linformer", n, self.max_length)
         if key_padding_mask is not None:  # zero padded rows so they are projected out
@@ -72,7 +72,7 @@ class LinformerAttention(nn.Module):
         proj_v = proj_k if self.proj_v is None else self.proj_v[:, :, :n].unsqueeze(0)
         k_low = proj_k.to(k.dtype) @ k  # (batch, heads, k, head_dim)
         v_low = proj_v.to(v.dtype) @ v  # (batch, heads, k, head_dim)
-        scores = (q @ k_low.transpose(-2, -1)) * self.scale  # (batch, heads, seq, k)
+        scores = (q * self.scale) @ k_low.transpose(-2, -1)  # (batch, heads, seq, k)
         probs = torch.softmax(upcast(scores), dim=-1)  # every projected row is a valid key
         probs = attention_dropout(probs, self.dropout, self.training)
         return probs.to(v_low.dtype) @ v_low

@@ -62,7 +62,7 @@ class LongformerAttention(nn.Module):
         """Nothing to initialise (no separate global projections)."""
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        check_inputs(q, k, v, key_padding_mask)
+        check_inputs(q, k, v, key_padding_mask, self.num_heads)
         batch, heads, n, dim = q.shape
         valid = key_is_valid(key_padding_mask, batch, n, q.device)  # (batch, seq)
         glob = torch.tensor([p for p in self.options.global_positions if p < n], dtype=torch.long,
@@ -70,6 +70,7 @@ class LongformerAttention(nn.Module):
         w = min(self.options.window, n - 1)
         if self._fused_ok(q, key_padding_mask):
             return self._fused(q, k, v, key_padding_mask, w, len(glob))
+        q = q * self.scale  # scaling q (n x d) is cheaper than scaling scores, forward and backward
         out = self._banded(q, k, v, valid, glob, w)
         if glob.numel() > 0:
             out = out.index_copy(2, glob, self._global_queries(q, k, v, valid, glob))
@@ -94,7 +95,7 @@ class LongformerAttention(nn.Module):
                                  dropout_p=self.dropout if self.training else 0.0, scale=self.scale, impl="triton")
 
     def _banded(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, glob: Tensor, w: int) -> Tensor:
-        """Every query against its window of non-global keys plus all global keys."""
+        """Every (already scaled) query against its window of non-global keys plus all global keys."""
         batch, heads, n, dim = q.shape
         c = min(max(w, MIN_BLOCK), n)  # query block size
         blocks = -(-n // c)
@@ -121,15 +122,15 @@ class LongformerAttention(nn.Module):
         glob_ok = valid[:, glob][:, None, None, None, :].expand(-1, -1, blocks, c, -1)  # (batch, 1, blocks, c, g)
         allowed = torch.cat([band_ok, glob_ok], dim=-1)  # (batch, 1, blocks, c, span + g)
 
-        scores = (q_blocks @ keys) * self.scale  # (batch, heads, blocks, c, span + g)
+        scores = q_blocks @ keys  # (batch, heads, blocks, c, span + g)
         probs = masked_softmax(scores, allowed)
         probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
         out = probs @ values  # (batch, heads, blocks, c, dim)
         return out.reshape(batch, heads, n_pad, dim)[:, :, :n]  # (batch, heads, seq, dim)
 
     def _global_queries(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, glob: Tensor) -> Tensor:
-        """Global queries attend to every non-padded key: (batch, heads, globals, dim)."""
-        scores = (q[:, :, glob] @ k.transpose(-2, -1)) * self.scale  # (batch, heads, globals, seq)
+        """Global (already scaled) queries attend to every non-padded key: (batch, heads, globals, dim)."""
+        scores = q[:, :, glob] @ k.transpose(-2, -1)  # (batch, heads, globals, seq)
         probs = masked_softmax(scores, valid[:, None, None, :])
         probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
         return probs @ v

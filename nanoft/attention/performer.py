@@ -100,7 +100,7 @@ class PerformerAttention(nn.Module):
         return logits.sub_(top).exp_() + FEATURE_EPS
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        check_inputs(q, k, v, key_padding_mask)
+        check_inputs(q, k, v, key_padding_mask, self.num_heads)
         o = self.options
         if self.training and o.redraw_interval > 0:
             calls = int(self.calls)

@@ -38,6 +38,9 @@ def reinit_modules(model: nn.Module, k: int) -> List[nn.Module]:
 def reinit_top_layers(model: nn.Module, k: int, seed: int, std: float = 0.02) -> List[str]:
     """Re-initialise the top `k` layers (and pooler) in place; returns the names of the tensors changed."""
     modules = reinit_modules(model, k)
+    if any(getattr(m, "is_peft_layer", False) for module in modules for m in module.modules()):
+        # init_weights would overwrite the adapters' own init (LoRA's B = 0): re-init comes first
+        raise RuntimeError("re-init must run before PEFT is applied")
     touched = {id(p) for m in modules for p in m.parameters()}
     devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1]
     with torch.random.fork_rng(devices=devices):
