@@ -160,7 +160,9 @@ def run_train_bench(precisions: Sequence[str] = ("fp32",), args: Optional[argpar
                 "steps" if args.mode == "speed" else "examples": args.steps if args.mode == "speed" else args.examples,
                 "cpu_features": ", ".join(k for k, v in feats.items() if v) or "none"}
         name = f"train_{args.mode}_{args.device}"
-        write_results(name, rows, meta=meta, notes=(
+        columns = ["side", "precision", "examples", "train_seconds", "examples_per_s", "speedup_vs_transformers",
+                   "peak_memory_mb"] + (["dev_accuracy"] if args.mode == "accuracy" else [])
+        write_results(name, rows, meta=meta, columns=columns, notes=(
             "Same recipe on both sides (AdamW, linear schedule with 6% warmup, clipping 1.0, batch 32, max length 128). "
             "transformers pads random batches to their longest example; nanoft's default sampler buckets by length "
             "(the 'random' row shows nanoft without bucketing). Peak memory is each subprocess's own "

@@ -41,7 +41,10 @@ TRAIN_OPTIONS = [
     ("--lora-alpha", "peft_options.alpha", float, "LoRA alpha (scale = alpha/r, or alpha/sqrt(r) for rslora). [default: 16]"),
     ("--lora-dropout", "peft_options.dropout", float, "Dropout on the LoRA input. [default: 0.0]"),
     ("--lora-targets", "peft_options.targets", str, "Comma-separated module names/globs to adapt. [default: query,value]"),
+    ("--rslora", "peft_options.rslora", bool, "rsLoRA scaling alpha/sqrt(r) (same as --peft rslora)."),
+    ("--dora", "peft_options.dora", bool, "DoRA: learn a magnitude per output, LoRA on the direction (same as --peft dora)."),
     ("--adapter-reduction", "peft_options.reduction_factor", int, "Bottleneck reduction factor of Houlsby/Pfeiffer adapters. [default: 16]"),
+    ("--adapter-non-linearity", "peft_options.non_linearity", str, "Adapter activation: swish (Houlsby default), relu (Pfeiffer default), gelu, tanh."),
     ("--train-head/--no-train-head", "train_head", bool, "Keep the classification head trainable under PEFT. [default: on]"),
     # optimisation
     ("--epochs", "epochs", float, "Epochs (fractions allowed). [default: 3]"),
@@ -256,7 +259,34 @@ def report(runs_dir: str, fmt: str, output_file: Optional[str]) -> None:
 
 @cli.group()
 def bench() -> None:
-    """Benchmarks: load, train, peft, attention, tokenize. Each prints a table and writes JSON."""
+    """Benchmarks: load, train, peft, attention, kernels, tokenize. Each prints a table and writes
+    JSON + Markdown to bench/results/ (with device, versions and the command). Pass --help to a
+    benchmark for its own options."""
+
+
+# Each benchmark owns its argument parser; these commands hand their arguments straight to it.
+BENCHES = {
+    "load": ("nanoft.bench.load", "cli", "Checkpoint load time/memory and eval forward ex/s vs transformers."),
+    "train": ("nanoft.bench.train", "cli", "Training examples/s and accuracy vs transformers (same recipe, same run)."),
+    "peft": ("nanoft.bench.peft", "main", "Full fine-tuning vs LoRA/rsLoRA/DoRA/adapters/BitFit/IA3: metric, size, speed, memory."),
+    "attention": ("nanoft.bench.attention", "_cli", "Attention kinds: time and peak memory vs sequence length, log-log slopes."),
+    "kernels": ("nanoft.bench.attention_kernels", "main", "Fused Triton kernels vs naive, SDPA backends and FlexAttention."),
+    "tokenize": ("nanoft.bench.tokenize", "main", "Tokenize + cache time, cold and warm, vs the transformers tokenizer."),
+}
+
+
+def _bench_command(name: str, module: str, function: str, help_text: str) -> None:
+    @bench.command(name, help=help_text, add_help_option=False,
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple) -> None:
+        import importlib
+
+        getattr(importlib.import_module(module), function)(list(args))
+
+
+for _name, (_module, _function, _help) in BENCHES.items():
+    _bench_command(_name, _module, _function, _help)
 
 
 def main() -> None:

@@ -119,12 +119,12 @@ def test_resume_is_bit_for_bit(tiny_config, tmp_path):
 def test_sigint_saves_and_cli_resumes(tiny_config, tmp_path):
     """The real CLI: SIGINT mid-run saves a checkpoint and exits non-zero; --resume finishes it
     with the same weights as an uninterrupted run."""
-    cfg = tiny_config(output=str(tmp_path / "ref"), epochs=30, log_every=1)
+    cfg = tiny_config(output=str(tmp_path / "ref"), epochs=12, log_every=1)
     reference = Trainer(cfg)
     reference.fit()
     args = [sys.executable, "-c", "from nanoft.cli import main; main()", "train",
             "--train-file", cfg.train_file, "--dev-file", cfg.dev_file, "--model", cfg.model,
-            "--batch-size", "8", "--epochs", "30", "--lr", "3e-3", "--max-length", "32", "--seed", "0",
+            "--batch-size", "8", "--epochs", "12", "--lr", "3e-3", "--max-length", "32", "--seed", "0",
             "--precision", "fp32",
             "--log-every", "1", "--quiet", "--output", str(tmp_path / "cli")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
