@@ -38,6 +38,15 @@ def _save_tiny(directory, vocab_file, dropout=0.1, num_labels=2, label_names=Non
     return directory
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Hidden size 32 gains nothing from threads; on a shared 2-core machine they only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def models(tiny_task, tmp_path_factory):
     """3-layer tiny BERTs reading the tiny task's vocabulary: with dropout 0.1 and without."""
