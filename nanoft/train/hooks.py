@@ -15,7 +15,7 @@ class Technique:
     name = "technique"
 
     def setup(self, trainer: Any) -> None:
-        """After the model is loaded (and PEFT applied), before the optimizer is built."""
+        """After the model is loaded, before PEFT is applied and before the optimizer is built."""
 
     def loss(self, trainer: Any, batch: Dict[str, torch.Tensor], logits: torch.Tensor,
              loss: torch.Tensor) -> torch.Tensor:
