@@ -5,12 +5,9 @@ line and exit 2, never a traceback.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import sys
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import click
 

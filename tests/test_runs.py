@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from nanoft.experiment import aggregate, mean_std_max, report_text, run_experiments
+from nanoft.experiment import mean_std_max, report_text, run_experiments
 from nanoft.weights.safetensors_io import SafetensorsFile
 
 

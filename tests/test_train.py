@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-import nanoft
 from nanoft.errors import ConfigError
 from nanoft.train import Trainer, TrainConfig
 from nanoft.train.schedules import ScheduleConfig, factor_fn

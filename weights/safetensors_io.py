@@ -9,7 +9,6 @@ truncated or corrupt file is a one-line error, not a crash deep in torch.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Dict, Iterable, Tuple

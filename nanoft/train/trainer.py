@@ -11,6 +11,7 @@ the same step as one process with an N-times-bigger batch.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -286,7 +287,7 @@ class Trainer:
             weight = len(mine) / total * world
             scaled = loss * weight
             sync = i == len(group) - 1 or not self.dist.enabled
-            ctx = self.forward_model.no_sync() if (self.dist.enabled and not sync) else _nullcontext()
+            ctx = self.forward_model.no_sync() if (self.dist.enabled and not sync) else contextlib.nullcontext()
             with ctx:
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.item() * len(mine)
@@ -544,7 +545,6 @@ class Trainer:
             atomic_write_bytes(path, lambda f: f.write("".join(kept).encode("utf-8")))
 
     def _final_results(self, wall: float, stopped_early: bool, extra: Dict[str, Any]) -> Dict[str, Any]:
-        c = self.config
         test_metrics = None
         if "test" in self.task.splits and "test" not in self.eval_data:
             try:
@@ -613,14 +613,6 @@ class Trainer:
     def _restore_signal_handlers(previous) -> None:
         for sig, h in previous.items():
             signal.signal(sig, h)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 __all__ = ["Trainer", "TrainingInterrupted", "NonFiniteLoss", "seed_everything", "task_loss"]
