@@ -26,9 +26,9 @@ test-fast: install
 
 # Fine-tune the real MiniLM checkpoint on (a documented subset of) SST-2 and print dev accuracy.
 demo: install
-	@echo "nanoft demo: fine-tune MiniLM-L6 (real checkpoint) on a seeded 4,000-example subset of SST-2 train"
+	@echo "nanoft demo: fine-tune MiniLM-L6 (real checkpoint) on a seeded 12,000-example subset of SST-2 train"
 	@echo "(of 67,349; a subset so the demo ends in minutes on a 2-core CPU), evaluate on the full dev set (872)."
-	$(VENV)/bin/nanoft train --task sst2 --data-dir $(DATA_DIR) --train-subset 4000 --epochs 1 \
+	$(VENV)/bin/nanoft train --task sst2 --data-dir $(DATA_DIR) --train-subset 12000 --epochs 1 \
 		--batch-size 32 --lr 1e-4 --output runs/demo --overwrite
 
 bench: install
