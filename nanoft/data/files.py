@@ -116,15 +116,7 @@ def _read_tsv(path: str, text: str, has_header: bool) -> tuple:
             continue  # blank lines (usually the last one) carry no row
         rows.append(line.split("\t"))
         lines.append(number)
-    header = rows.pop(0) if has_header else None
-    header_line = lines.pop(0) if has_header else None
-    width = len(header) if header is not None else len(rows[0]) if rows else 0
-    for row, number in zip(rows, lines):
-        if len(row) != width:
-            what = f"the header (line {header_line})" if header is not None else f"line {lines[0]}"
-            raise DataError(f"ragged row: {len(row)} tab-separated fields, {what} has {width}",
-                            path=path, line=number, fix="fix the row (a stray tab?) or remove it")
-    return header, header_line, rows, lines
+    return _split_header(path, rows, lines, has_header, "tab-separated", "fix the row (a stray tab?) or remove it")
 
 
 def _read_csv(path: str, text: str, has_header: bool) -> tuple:
@@ -140,14 +132,20 @@ def _read_csv(path: str, text: str, has_header: bool) -> tuple:
             start = reader.line_num + 1
     except csv.Error as e:
         raise DataError(f"bad CSV: {e}", path=path, line=start, fix="check quoting on that row") from None
+    return _split_header(path, rows, lines, has_header, "comma-separated", "quote fields that contain commas")
+
+
+def _split_header(path: str, rows: List[List[str]], lines: List[int], has_header: bool, kind: str,
+                  fix: str) -> tuple:
+    """(header, header line, rows, lines) after checking every row is as wide as the first."""
     header = rows.pop(0) if has_header and rows else None
     header_line = lines.pop(0) if has_header and lines else None
     width = len(header) if header is not None else len(rows[0]) if rows else 0
     for row, number in zip(rows, lines):
         if len(row) != width:
             what = f"the header (line {header_line})" if header is not None else f"line {lines[0]}"
-            raise DataError(f"ragged row: {len(row)} comma-separated fields, {what} has {width}",
-                            path=path, line=number, fix="quote fields that contain commas")
+            raise DataError(f"ragged row: {len(row)} {kind} fields, {what} has {width}", path=path, line=number,
+                            fix=fix)
     return header, header_line, rows, lines
 
 
