@@ -30,27 +30,17 @@ def batch_for(family, make_batch):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_hidden_state_parity(family, tiny_checkpoints, hf_model_factory, make_batch):
-    path = tiny_checkpoints[(family, "base")]
-    hf = hf_model_factory(family, "base")
-    ours = nanoft.load_model(path, head=None)
+@pytest.mark.parametrize("head", [None, "classification", "token-classification", "masked-lm"])
+def test_parity(family, head, tiny_checkpoints, hf_model_factory, make_batch):
+    """Last hidden state (head=None) or the head's logits equal transformers' on a padded batch."""
+    hf = hf_model_factory(family, head or "base")
+    ours, report = nanoft.load_model(tiny_checkpoints[(family, head or "base")], head=head, num_labels=3,
+                                     return_report=True)
+    assert report.initialised == []  # every tensor came from the checkpoint
     ids, mask, types = batch_for(family, make_batch)
     with torch.no_grad():
-        expected = hf(**hf_inputs(family, ids, mask, types)).last_hidden_state
-        got = ours(ids, attention_mask=mask, token_type_ids=types if family == "bert" else None)
-    assert_close(got, expected, **TOL)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("head", ["classification", "token-classification", "masked-lm"])
-def test_head_parity(family, head, tiny_checkpoints, hf_model_factory, make_batch):
-    path = tiny_checkpoints[(family, head)]
-    hf = hf_model_factory(family, head)
-    ours, report = nanoft.load_model(path, head=head, num_labels=3, return_report=True)
-    assert report.initialised == []  # every head tensor came from the checkpoint
-    ids, mask, types = batch_for(family, make_batch)
-    with torch.no_grad():
-        expected = hf(**hf_inputs(family, ids, mask, types)).logits
+        out = hf(**hf_inputs(family, ids, mask, types))
+        expected = out.last_hidden_state if head is None else out.logits
         got = ours(ids, attention_mask=mask, token_type_ids=types if family == "bert" else None)
     assert_close(got, expected, **TOL)
 
