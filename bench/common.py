@@ -18,27 +18,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from nanoft.io import atomic_write_text
+from nanoft.train.precision import cpu_flags
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def cpu_features() -> Dict[str, bool]:
     """The CPU features that decide which precision is fast (read from /proc/cpuinfo on Linux)."""
-    flags: set = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return {
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx_bf16": "amx_bf16" in flags,
-    }
+    flags = cpu_flags()
+    return {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
 
 
 def cpu_name() -> str:

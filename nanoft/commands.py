@@ -94,6 +94,14 @@ def _run_or_model(path: str) -> Tuple[Path, Optional[Dict[str, Any]]]:
     return p, None
 
 
+def _tokenizer_for(model_dir: Path, run_config: Optional[Dict[str, Any]]):
+    """The tokenizer saved with the model, else the one of the run's base model."""
+    from nanoft.weights import load_tokenizer
+
+    has_own = (model_dir / "tokenizer.json").is_file()
+    return load_tokenizer(model_dir if has_own else (run_config or {}).get("model"))
+
+
 def _task_for(run_config: Optional[Dict[str, Any]], task_name: Optional[str], model_dir: Path):
     from nanoft.tasks import Task, get_task
 
@@ -114,13 +122,13 @@ def evaluate_path(path: str, task_name: Optional[str], split: Optional[str], dat
                   batch_size: int, max_length: Optional[int]) -> str:
     from nanoft.data import encode
     from nanoft.train.evaluate import predict_logits, score
-    from nanoft.weights import load_model, load_tokenizer
+    from nanoft.weights import load_model
 
     model_dir, run_config = _run_or_model(path)
     task = _task_for(run_config, task_name, model_dir)
     data_dir = data_dir or (run_config or {}).get("data_dir")
     max_length = max_length or (run_config or {}).get("max_length") or 128
-    tokenizer = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else (run_config or {}).get("model"))
+    tokenizer = _tokenizer_for(model_dir, run_config)
     head = "regression" if task.is_regression else "classification"
     model = load_model(model_dir, head=head, num_labels=task.num_labels)
     rows = []
@@ -139,7 +147,7 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     from nanoft.data import encode, read_table
     from nanoft.tasks import Examples
     from nanoft.train.evaluate import predict_logits
-    from nanoft.weights import load_model, load_tokenizer
+    from nanoft.weights import load_model
 
     model_dir, run_config = _run_or_model(path)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -161,7 +169,7 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     examples = Examples(texts=texts, text_pairs=pairs, labels=None, lines=np.arange(2, n + 2), source=str(input_file),
                         fingerprint="")
     max_length = max_length or (run_config or {}).get("max_length") or 128
-    tokenizer = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else (run_config or {}).get("model"))
+    tokenizer = _tokenizer_for(model_dir, run_config)
     data = encode(examples, tokenizer, max_length, use_cache=False)
     model = load_model(model_dir, head="regression" if regression else "classification")
     logits = predict_logits(model, data, tokenizer.pad_token_id, batch_size)

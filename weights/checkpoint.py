@@ -239,6 +239,19 @@ def load_model(path: Union[str, Path, None] = None, head: Optional[str] = "class
     return (model, report) if return_report else model
 
 
+def read_hf_tensors(model: EncoderModel, file: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """The tensors of an HF-layout safetensors file under `model`'s own names (other keys skipped)."""
+    st = SafetensorsFile(file)
+    family = model.config.family
+    name_of = keymap.from_hf_map(list(model.state_dict().keys()), family, model.head_kind)
+    tensors: Dict[str, torch.Tensor] = {}
+    for key in st.keys():
+        ours = name_of.get(keymap.normalise_hf(key, family))
+        if ours is not None:
+            tensors[ours] = st.tensor(key).clone()
+    return tensors
+
+
 def hf_state_dict(model: EncoderModel) -> Dict[str, torch.Tensor]:
     """The model's tensors under their Hugging Face names (prefixed when a head is present)."""
     config = model.config
@@ -300,5 +313,5 @@ def model_summary(model: EncoderModel) -> Dict[str, Any]:
             "dtype": ",".join(dtypes)}
 
 
-__all__ = ["load_model", "save_model", "read_config", "LoadReport", "default_model_path", "hf_state_dict",
+__all__ = ["load_model", "save_model", "read_hf_tensors", "read_config", "LoadReport", "default_model_path", "hf_state_dict",
            "model_summary", "resolve_dtype", "extend_positions"]

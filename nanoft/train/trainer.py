@@ -41,6 +41,7 @@ from nanoft.train.precision import autocast, grad_scaler, resolve_precision
 from nanoft.train.schedules import ScheduleConfig, Scheduler
 from nanoft.train.techniques import build_techniques
 from nanoft.weights import load_model, load_tokenizer, save_model
+from nanoft.weights.checkpoint import read_hf_tensors
 from nanoft.io import atomic_write_bytes, atomic_write_json
 from nanoft.weights.safetensors_io import SafetensorsFile, save_file
 
@@ -506,20 +507,11 @@ class Trainer:
             st = SafetensorsFile(directory / "trainable.safetensors")
             tensors = {k: st.tensor(k).clone() for k in st.keys()}
         else:
-            from nanoft.weights import keymap
-
-            st = SafetensorsFile(directory / "model.safetensors")
-            names = keymap.from_hf_map(list(self.model.state_dict().keys()), self.model.config.family,
-                                       self.model.head_kind)
-            tensors = {}
-            for key in st.keys():
-                ours = names.get(keymap.normalise_hf(key, self.model.config.family))
-                if ours is not None:
-                    tensors[ours] = st.tensor(key).clone()
-        missing = [k for k in tensors if k not in dict(self.model.named_parameters()) and
-                   k not in dict(self.model.named_buffers())]
-        if missing:
-            raise ConfigError(f"checkpoint does not fit the model: {missing[:3]}", path=str(directory))
+            tensors = read_hf_tensors(self.model, directory / "model.safetensors")
+        known = self.model.state_dict().keys()
+        unknown = [k for k in tensors if k not in known]
+        if unknown:
+            raise ConfigError(f"checkpoint does not fit the model: {unknown[:3]}", path=str(directory))
         self.model.load_state_dict(tensors, strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
