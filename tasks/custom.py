@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
-from nanoft.data.files import Column, detect_format, read_table
+from nanoft.tasks.files import Column, detect_format, read_table
 from nanoft.errors import ConfigError, DataError
 from nanoft.tasks.splits import parse_split
 from nanoft.tasks.task import Split, Task, is_int

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from nanoft.data.files import Column, Table, read_table
+from nanoft.tasks.files import Column, Table, read_table
 from nanoft.errors import ConfigError, DataError
 from nanoft.tasks.splits import stratified_split
 
