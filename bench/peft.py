@@ -50,9 +50,9 @@ def method_spec(label: str, lrs: Dict[str, float], opts: Dict[str, Dict[str, Any
     `full`, `lora` or `lora-r16`."""
     ranked = _RANKED.match(label)
     method = ranked.group(1) if ranked else label
-    if method != "full" and method not in peft.METHODS:
+    if method != "full" and method not in peft.names():
         raise ConfigError(f"unknown PEFT bench method {label!r}",
-                          fix=f"use full, {', '.join(peft.METHODS)}, or lora-rN / rslora-rN / dora-rN")
+                          fix=f"use full, {', '.join(peft.names())}, or lora-rN / rslora-rN / dora-rN")
     options = copy.deepcopy(opts.get(label, opts.get(method, {})))
     if ranked:
         rank = int(ranked.group(2))

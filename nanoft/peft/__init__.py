@@ -6,22 +6,28 @@
     peft.save_adapter(model, "out/")        # adapter.safetensors + adapter_config.json
     peft.load_adapter(base_model, "out/")   # same method re-applied, tensors loaded
     peft.merge_and_unload(model)            # plain model again: nanoft.save_model writes a normal checkpoint
+
+Methods are registered by name beside their code (`peft.register`, see nanoft/peft/registry.py);
+importing this package registers the built-in ones.
 """
-from nanoft.peft.adapters import AdapterLinear, BottleneckAdapter
-from nanoft.peft.ia3 import IA3Adapter, IA3Linear
-from nanoft.peft.inject import (METHODS, AdapterConfig, active_adapter, adapter_parameters, adapters_of, add_adapter,
-                                apply, delete_adapter, is_mergeable, is_peft_model, mark_trainable, merge,
-                                merge_and_unload, merged_copy, options_of, set_adapter, trainable_summary, unload,
-                                unmerge)
+# The method modules register themselves on import; their order here is the order of `names()`.
+from nanoft.peft.registry import get, names, options_of, register, unregister
+from nanoft.peft.lora import LoraAdapter, LoraLinear, LoraOptions
+from nanoft.peft.adapters import BottleneckAdapter, BottleneckOptions
+from nanoft.peft.ia3 import IA3Adapter, IA3Options
+from nanoft.peft.bitfit import BitFitOptions
+from nanoft.peft.inject import (AdapterConfig, active_adapter, adapter_parameters, adapters_of, add_adapter, apply,
+                                delete_adapter, is_mergeable, is_peft_model, mark_trainable, merge, merge_and_unload,
+                                merged_copy, set_adapter, trainable_summary, unload, unmerge)
 from nanoft.peft.io import (CONFIG_NAME, WEIGHTS_NAME, adapter_nbytes, base_fingerprint, load_adapter,
                             read_adapter_config, save_adapter)
 from nanoft.peft.layers import HeadSwitch, PeftLayer
-from nanoft.peft.lora import LoraAdapter, LoraEmbedding, LoraLinear
 from nanoft.peft.targets import named_layers, select
 
 __all__ = ["apply", "add_adapter", "set_adapter", "delete_adapter", "merge", "unmerge", "merge_and_unload", "unload",
            "merged_copy", "is_mergeable", "is_peft_model", "trainable_summary", "save_adapter", "load_adapter",
-           "adapter_nbytes", "read_adapter_config", "adapters_of",
-           "active_adapter", "adapter_parameters", "mark_trainable", "options_of", "base_fingerprint", "METHODS",
-           "AdapterConfig", "PeftLayer", "HeadSwitch", "LoraAdapter", "LoraLinear", "LoraEmbedding", "IA3Adapter",
-           "IA3Linear", "BottleneckAdapter", "AdapterLinear", "named_layers", "select", "WEIGHTS_NAME", "CONFIG_NAME"]
+           "adapter_nbytes", "read_adapter_config", "adapters_of", "active_adapter", "adapter_parameters",
+           "mark_trainable", "base_fingerprint", "register", "unregister", "get", "names", "options_of",
+           "AdapterConfig", "PeftLayer", "HeadSwitch", "LoraAdapter", "LoraLinear", "LoraOptions", "IA3Adapter",
+           "IA3Options", "BottleneckAdapter", "BottleneckOptions", "BitFitOptions", "named_layers", "select",
+           "WEIGHTS_NAME", "CONFIG_NAME"]

@@ -12,20 +12,41 @@ adapter is exactly the identity at step 0. Adapters are non-linear in y: they do
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nanoft.errors import ConfigError
-from nanoft.peft.layers import PeftLayer
+from nanoft.peft.registry import check, register
 
 NON_LINEARITIES = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu, "silu": F.silu, "tanh": torch.tanh}
 
 
+@dataclass
+class BottleneckOptions:
+    """Options of houlsby and pfeiffer (`--adapter-reduction`, ... on the command line)."""
+
+    cli_prefix: ClassVar[str] = "adapter"
+
+    reduction_factor: int = field(default=16, metadata={
+        "flag": "--adapter-reduction", "help": "Bottleneck width = hidden size / this factor."})
+    non_linearity: str = field(default="swish", metadata={
+        "choices": tuple(NON_LINEARITIES), "help": "Activation inside the bottleneck."})
+    targets: Sequence[str] = field(default=("attention.output", "ffn.output"), metadata={
+        "patterns": True, "help": "Linears whose output gets an adapter, comma-separated."})
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.reduction_factor, int) and self.reduction_factor > 0,
+              f"adapter reduction_factor must be a positive int, got {self.reduction_factor!r}")
+        check(self.non_linearity in NON_LINEARITIES,
+              f"adapter non_linearity must be one of {', '.join(NON_LINEARITIES)}, got {self.non_linearity!r}")
+
+
 class BottleneckAdapter(nn.Module):
     """down → non-linearity → up, added to the wrapped layer's output."""
-
-    mergeable = False
 
     def __init__(self, base: nn.Linear, reduction_factor: int = 16, non_linearity: str = "swish",
                  init_std: float = 1e-2) -> None:
@@ -53,11 +74,12 @@ class BottleneckAdapter(nn.Module):
         return f"non_linearity={self.non_linearity}"
 
 
-class AdapterLinear(PeftLayer):
-    """`base` nn.Linear followed by a bottleneck adapter named `name`."""
 
-    def __init__(self, base: nn.Linear, reduction_factor: int = 16, non_linearity: str = "swish",
-                 name: str = "default") -> None:
-        super().__init__(base)
-        self.add(name, BottleneckAdapter(base, reduction_factor, non_linearity))
-        self.active = name
+def bottleneck_adapter(base: nn.Linear, o: BottleneckOptions, layer_name: str) -> BottleneckAdapter:
+    return BottleneckAdapter(base, o.reduction_factor, o.non_linearity)
+
+
+# Houlsby: after attention and FFN; Pfeiffer: after the FFN only, with ReLU.
+register("houlsby", BottleneckOptions, bottleneck_adapter, mergeable=False)
+register("pfeiffer", BottleneckOptions, bottleneck_adapter, mergeable=False,
+         defaults={"non_linearity": "relu", "targets": ("ffn.output",)})

@@ -9,16 +9,28 @@ W·diag(l) for inputs. The vectors start at one: the model is unchanged at step 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Sequence
+
 import torch
 from torch import nn
 
-from nanoft.peft.layers import PeftLayer
+from nanoft.peft.registry import register
+from nanoft.peft.targets import matches
+
+
+@dataclass
+class IA3Options:
+    """Options of ia3 (`--ia3-targets`, `--ia3-feedforward` on the command line)."""
+
+    targets: Sequence[str] = field(default=("key", "value", "ffn.output"), metadata={
+        "patterns": True, "help": "Linears to rescale, comma-separated."})
+    feedforward: Sequence[str] = field(default=("ffn.output",), metadata={
+        "patterns": True, "help": "Those targets whose input (the FFN activation) is scaled, not their output."})
 
 
 class IA3Adapter(nn.Module):
     """A scaling vector on the output (`scale_input=False`) or the input of one nn.Linear."""
-
-    mergeable = True
 
     def __init__(self, base: nn.Linear, scale_input: bool = False) -> None:
         super().__init__()
@@ -52,10 +64,9 @@ class IA3Adapter(nn.Module):
         return f"{'input' if self.scale_input else 'output'}, size={self.ia3_scale.numel()}"
 
 
-class IA3Linear(PeftLayer):
-    """`base` nn.Linear with an IA³ scaling vector named `name`."""
 
-    def __init__(self, base: nn.Linear, scale_input: bool = False, name: str = "default") -> None:
-        super().__init__(base)
-        self.add(name, IA3Adapter(base, scale_input))
-        self.active = name
+def ia3_adapter(base: nn.Linear, o: IA3Options, layer_name: str) -> IA3Adapter:
+    return IA3Adapter(base, scale_input=any(matches(p, layer_name) for p in o.feedforward or ()))
+
+
+register("ia3", IA3Options, ia3_adapter, mergeable=True)

@@ -13,109 +13,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional
 
 from torch import nn
 
 from nanoft.errors import ConfigError
-from nanoft.peft.adapters import NON_LINEARITIES, BottleneckAdapter
-from nanoft.peft.ia3 import IA3Adapter
+from nanoft.peft import registry
 from nanoft.peft.layers import HeadSwitch, PeftLayer
-from nanoft.peft.lora import LoraAdapter
-from nanoft.peft.targets import matches, parse_targets, select, short_names
-
-
-# ----------------------------------------------------------------------------- options per method
-@dataclass
-class LoraOptions:
-    """r: rank; alpha: scale numerator (s = alpha/r, rsLoRA alpha/sqrt r); targets: layer patterns."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: Sequence[str] = ("query", "value")
-    rslora: bool = False
-    dora: bool = False
-    init: str = "kaiming"
-
-    def __post_init__(self) -> None:
-        _require(isinstance(self.r, int) and self.r > 0, f"lora r must be a positive int, got {self.r!r}")
-        _require(self.alpha > 0, f"lora alpha must be > 0, got {self.alpha!r}")
-        _require(0 <= self.dropout < 1, f"lora dropout must be in [0, 1), got {self.dropout!r}")
-        _require(self.init in ("kaiming", "gaussian"), f"lora init must be kaiming or gaussian, got {self.init!r}")
-
-
-@dataclass
-class IA3Options:
-    """targets: layers to scale; feedforward: those among them whose *input* is scaled (FFN activation)."""
-
-    targets: Sequence[str] = ("key", "value", "ffn.output")
-    feedforward: Sequence[str] = ("ffn.output",)
-
-
-@dataclass
-class BottleneckOptions:
-    """reduction_factor: hidden / bottleneck width; targets: linears whose output gets an adapter."""
-
-    reduction_factor: int = 16
-    non_linearity: str = "swish"
-    targets: Sequence[str] = ("attention.output", "ffn.output")
-
-    def __post_init__(self) -> None:
-        _require(isinstance(self.reduction_factor, int) and self.reduction_factor > 0,
-                 f"adapter reduction_factor must be a positive int, got {self.reduction_factor!r}")
-        _require(self.non_linearity in NON_LINEARITIES,
-                 f"adapter non_linearity must be one of {', '.join(NON_LINEARITIES)}, got {self.non_linearity!r}")
-
-
-@dataclass
-class BitFitOptions:
-    """targets: modules whose biases train (None: every bias in the encoder)."""
-
-    targets: Optional[Sequence[str]] = None
-
-
-# method → (options class, defaults that differ from the class's)
-METHODS: Dict[str, Tuple[type, Dict[str, Any]]] = {
-    "lora": (LoraOptions, {}),
-    "rslora": (LoraOptions, {"rslora": True}),
-    "dora": (LoraOptions, {"dora": True}),
-    "houlsby": (BottleneckOptions, {}),
-    "pfeiffer": (BottleneckOptions, {"non_linearity": "relu", "targets": ("ffn.output",)}),
-    "ia3": (IA3Options, {}),
-    "bitfit": (BitFitOptions, {}),
-}
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def options_of(method: str) -> Dict[str, Any]:
-    """The options of `method` and their defaults (for CLI help)."""
-    cls, defaults = _method(method)
-    return {**{f.name: f.default for f in dataclasses.fields(cls)}, **defaults}
-
-
-def _method(method: str) -> Tuple[type, Dict[str, Any]]:
-    if method not in METHODS:
-        raise ConfigError(f"unknown PEFT method {method!r}", fix=f"use one of {', '.join(METHODS)}")
-    return METHODS[method]
-
-
-def make_options(method: str, options: Dict[str, Any]) -> Any:
-    cls, defaults = _method(method)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in options if k not in valid]
-    if unknown:
-        raise ConfigError(f"unknown {method} option(s) {', '.join(map(repr, unknown))}",
-                          fix=f"valid: {', '.join(valid)}")
-    merged = {**defaults, **options}
-    for key in ("targets", "feedforward"):
-        if merged.get(key) is not None:
-            merged[key] = parse_targets(merged[key])
-    return cls(**merged)
+from nanoft.peft.targets import select
 
 
 # ----------------------------------------------------------------------------- what is on a model
@@ -165,44 +70,28 @@ def _wrap(model: nn.Module, name: str) -> PeftLayer:
     return layer
 
 
-def _bias_names(model: nn.Module, targets: Optional[Sequence[str]]) -> List[str]:
-    """Every encoder bias, or those of modules the target patterns pick."""
-    biases = {n: p for n, p in model.named_parameters()
-              if n.endswith("bias") and not n.startswith("head.") and ".core." not in n}
-    if targets is None:
-        return list(biases)
-    owners = [n.rpartition(".")[0] for n in biases]
-    unmatched = [t for t in targets if not any(matches(t, o) for o in owners)]
-    if unmatched:
-        raise ConfigError(f"bitfit: target {', '.join(map(repr, unmatched))} matches no module with a bias; "
-                          f"available: {', '.join(short_names(owners))}")
-    return [n for n, o in zip(biases, owners) if any(matches(t, o) for t in targets)]
-
-
 # ----------------------------------------------------------------------------- public API
 def add_adapter(model: nn.Module, name: str, method: str, *, train_head: bool = True, **options: Any) -> nn.Module:
     """Add adapter `name` of `method` to `model` (inactive and frozen until `set_adapter`)."""
     existing = adapters_of(model)
-    opts = make_options(method, options)
+    spec = registry.get(method)
+    opts = registry.make_options(method, options)
     if name in existing:
         raise ConfigError(f"the model already has an adapter named {name!r}", fix="pick another name")
     if any(layer.merged is not None for layer in peft_layers(model).values()):
         raise ConfigError("cannot add an adapter while one is merged", fix="call nanoft.peft.unmerge(model) first")
-    if existing and (method == "bitfit" or any(c.method == "bitfit" for c in existing.values())):
-        raise ConfigError("bitfit trains the base model's own biases, so it cannot share a model with other "
-                          "adapters", fix="use bitfit alone, or start from a fresh base model")
+    owner = next((m for m in [method, *(c.method for c in existing.values())] if not _wraps_layers(m)), None)
+    if existing and owner:
+        raise ConfigError(f"{owner} trains the base model's own parameters, so it cannot share a model with other "
+                          "adapters", fix=f"use {owner} alone, or start from a fresh base model")
 
-    if method == "bitfit":
-        modules = _bias_names(model, opts.targets)
-    else:
-        kinds = (nn.Linear, nn.Embedding) if isinstance(opts, LoraOptions) else (nn.Linear,)
-        modules = select(model, opts.targets, method, kinds)
-        if not isinstance(opts, LoraOptions):
-            embeddings = [m for m in modules if isinstance(model.get_submodule(m), nn.Embedding)]
-            _require(not embeddings, f"{method} applies to linear layers only, not {', '.join(embeddings)}")
+    if spec.wraps_layers:
+        modules = select(model, opts.targets, method, spec.layers)
         for module_name in modules:
             layer = _wrap(model, module_name)
-            layer.add(name, _make_adapter(method, opts, module_name, layer.base))
+            layer.add(name, spec.factory(layer.base, opts, module_name))
+    else:
+        modules = spec.parameters(model, opts)
 
     if existing:
         _add_head(model, name, train_head)
@@ -211,12 +100,8 @@ def add_adapter(model: nn.Module, name: str, method: str, *, train_head: bool = 
     return model
 
 
-def _make_adapter(method: str, opts: Any, module_name: str, base: nn.Module) -> nn.Module:
-    if isinstance(opts, LoraOptions):
-        return LoraAdapter(base, opts.r, opts.alpha, opts.dropout, opts.rslora, opts.dora, opts.init)
-    if isinstance(opts, IA3Options):
-        return IA3Adapter(base, scale_input=any(matches(p, module_name) for p in opts.feedforward or ()))
-    return BottleneckAdapter(base, opts.reduction_factor, opts.non_linearity)
+def _wraps_layers(method: str) -> bool:
+    return registry.get(method).wraps_layers
 
 
 def _add_head(model: nn.Module, name: str, train_head: bool) -> None:
@@ -257,8 +142,8 @@ def apply(model: nn.Module, method: str, *, name: str = "default", train_head: b
           **options: Any) -> nn.Module:
     """Apply a PEFT `method` in place and make it the active adapter; returns `model`.
 
-    Methods: lora, rslora, dora (r, alpha, dropout, targets, init), houlsby, pfeiffer
-    (reduction_factor, non_linearity, targets), ia3 (targets, feedforward), bitfit (targets).
+    Methods are those registered (`nanoft.peft.names()`: lora, rslora, dora, houlsby, pfeiffer, ia3,
+    bitfit); `nanoft.peft.options_of(method)` lists a method's options and defaults.
     """
     add_adapter(model, name, method, train_head=train_head, **options)
     return set_adapter(model, name)
@@ -276,7 +161,7 @@ def adapter_parameters(model: nn.Module, name: Optional[str] = None) -> Dict[str
         raise ConfigError(f"no adapter named {name!r} on the model", fix=f"adapters: {', '.join(adapters) or '(none)'}")
     config = adapters[name]
     out: Dict[str, nn.Parameter] = {}
-    if config.method == "bitfit":
+    if not _wraps_layers(config.method):  # the base tensors it trains
         params = dict(model.named_parameters())
         out.update({n: params[n] for n in config.modules})
     for layer_name, layer in peft_layers(model).items():
@@ -307,13 +192,11 @@ def trainable_summary(model: nn.Module) -> Dict[str, Any]:
 
 def merge(model: nn.Module) -> nn.Module:
     """Fold the active adapter into the base weights (LoRA, rsLoRA, DoRA, IA³); idempotent."""
-    layers = peft_layers(model).values()
-    for layer in layers:  # check all first: never leave a model half merged
-        if layer.active is not None and layer.merged is None and not layer.adapters[layer.active].mergeable:
-            method = adapters_of(model)[layer.active].method
-            raise ConfigError(f"{method} adapters are non-linear and cannot be merged",
-                              fix="keep the adapter, or train lora/rslora/dora/ia3 for a mergeable model")
-    for layer in layers:
+    if not is_mergeable(model):  # checked first: never leave a model half merged
+        raise ConfigError(f"{adapters_of(model)[active_adapter(model)].method} adapters are non-linear and cannot "
+                          "be merged", fix="keep the adapter, or train a mergeable method: "
+                                           + ", ".join(m for m in registry.names() if registry.get(m).mergeable))
+    for layer in peft_layers(model).values():
         layer.merge()
     return model
 
@@ -354,9 +237,9 @@ def is_peft_model(model: nn.Module) -> bool:
 
 
 def is_mergeable(model: nn.Module) -> bool:
-    """Whether the active adapter folds into the weights (lora, rslora, dora, ia3, bitfit)."""
+    """Whether the active adapter folds into the weights (its method was registered mergeable)."""
     active = active_adapter(model)
-    return active is None or adapters_of(model)[active].method not in ("houlsby", "pfeiffer")
+    return active is None or registry.get(adapters_of(model)[active].method).mergeable
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
@@ -412,5 +295,4 @@ def _jsonable(value: Any) -> Any:
 __all__ = ["apply", "add_adapter", "set_adapter", "delete_adapter", "merge", "unmerge", "merge_and_unload", "unload",
            "merged_copy", "is_mergeable", "is_peft_model",
            "trainable_summary", "adapter_parameters", "adapters_of", "active_adapter", "mark_trainable",
-           "options_of", "METHODS", "AdapterConfig", "LoraOptions", "IA3Options", "BottleneckOptions",
-           "BitFitOptions"]
+           "AdapterConfig"]

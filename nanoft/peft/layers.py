@@ -54,9 +54,9 @@ class PeftLayer(nn.Module):
         if self.merged is not None or self.active is None:
             return
         adapter = self.adapters[self.active]
-        if not getattr(adapter, "mergeable", False):
-            raise ConfigError(f"{type(adapter).__name__} is not linear in the input and cannot be merged",
-                              fix="keep it unmerged, or use lora/rslora/dora/ia3 to get a mergeable model")
+        if not callable(getattr(adapter, "merge", None)):
+            raise ConfigError(f"{type(adapter).__name__} has no merge(): it is not linear in the input",
+                              fix="keep it unmerged, or use a mergeable method (lora, rslora, dora, ia3)")
         with torch.no_grad():
             adapter.merge(self.base)
         self.merged = self.active

@@ -17,19 +17,47 @@ constant in the backward pass, which saves the memory of differentiating through
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nanoft.peft.layers import PeftLayer
+from nanoft.peft.registry import check, register
+
+INITS = ("kaiming", "gaussian")
+
+
+@dataclass
+class LoraOptions:
+    """Options of lora, rslora and dora (`--lora-r`, `--lora-alpha`, ... on the command line)."""
+
+    cli_prefix: ClassVar[str] = "lora"
+
+    r: int = field(default=8, metadata={"help": "Rank of the update B·A."})
+    alpha: float = field(default=16.0, metadata={
+        "help": "Scale numerator: the update is scaled by alpha/r (alpha/sqrt(r) under rsLoRA)."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the input of the low-rank path."})
+    targets: Sequence[str] = field(default=("query", "value"), metadata={
+        "patterns": True, "help": "Layers to adapt, comma-separated: name suffixes, globs or re:<regex>."})
+    rslora: bool = field(default=False, metadata={
+        "flag": "--rslora", "help": "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r."})
+    dora: bool = field(default=False, metadata={
+        "flag": "--dora", "help": "DoRA: learn a magnitude per output unit, LoRA on the direction."})
+    init: str = field(default="kaiming", metadata={
+        "choices": INITS, "help": "Initialisation of A: kaiming (uniform, as nn.Linear) or gaussian (std 1/r)."})
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.r, int) and self.r > 0, f"lora r must be a positive int, got {self.r!r}")
+        check(self.alpha > 0, f"lora alpha must be > 0, got {self.alpha!r}")
+        check(0 <= self.dropout < 1, f"lora dropout must be in [0, 1), got {self.dropout!r}")
+        check(self.init in INITS, f"lora init must be kaiming or gaussian, got {self.init!r}")
 
 
 class LoraAdapter(nn.Module):
     """The trainable part of one LoRA/rsLoRA/DoRA adapter on one nn.Linear or nn.Embedding."""
-
-    mergeable = True
 
     def __init__(self, base: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  rslora: bool = False, dora: bool = False, init: str = "kaiming") -> None:
@@ -122,11 +150,10 @@ class LoraLinear(PeftLayer):
         self.active = name
 
 
-class LoraEmbedding(PeftLayer):
-    """`base` nn.Embedding with a LoRA adapter named `name`."""
+def lora_adapter(base: nn.Module, o: LoraOptions, layer_name: str) -> LoraAdapter:
+    return LoraAdapter(base, o.r, o.alpha, o.dropout, o.rslora, o.dora, o.init)
 
-    def __init__(self, base: nn.Embedding, r: int = 8, alpha: float = 16.0, rslora: bool = False,
-                 dora: bool = False, name: str = "default") -> None:
-        super().__init__(base)
-        self.add(name, LoraAdapter(base, r, alpha, 0.0, rslora, dora))
-        self.active = name
+
+# rsLoRA and DoRA are LoRA with one option switched on by default.
+for _method, _defaults in (("lora", {}), ("rslora", {"rslora": True}), ("dora", {"dora": True})):
+    register(_method, LoraOptions, lora_adapter, mergeable=True, defaults=_defaults, layers=(nn.Linear, nn.Embedding))
