@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from nanoft.io import atomic_write_text
+from nanoft.tables import format_rows
 from nanoft.train.precision import cpu_flags
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -93,40 +94,10 @@ def time_it(fn: Callable[[], Any], *, warmup: int = 1, repeat: int = 3, sync: bo
     return times[len(times) // 2]
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "-"
-        if abs(value) >= 100:
-            return f"{value:.1f}"
-        if abs(value) >= 1:
-            return f"{value:.3f}"
-        return f"{value:.4f}"
-    return "-" if value is None else str(value)
-
-
 def format_table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None,
                  markdown: bool = False) -> str:
-    """Rows of dicts as an aligned text table (or a Markdown table)."""
-    if not rows:
-        return "(no rows)"
-    columns = list(columns or rows[0].keys())
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in rows) for c in columns]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
-        return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts)
-
-    out = [line(columns)]
-    if markdown:
-        out.append("|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2))
-                                  for w, num in zip(widths, numeric)) + "|")
-    else:
-        out.append("  ".join("-" * w for w in widths))
-    out.extend(line(row) for row in cells)
-    return "\n".join(out)
+    """Rows of dicts as an aligned text table (or a Markdown table), numbers right-aligned."""
+    return format_rows(rows, columns, "markdown" if markdown else "table")
 
 
 def write_results(name: str, rows: Sequence[Dict[str, Any]], *, meta: Optional[Dict[str, Any]] = None,

@@ -15,8 +15,6 @@ runs and aggregates per experiment: mean ± std (sample std) and max over seeds.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from nanoft.errors import ConfigError, NanoftError
+from nanoft.tables import render_table
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +181,7 @@ def report_text(runs_dir: str, fmt: str = "table", by_task: bool = False) -> str
     if not groups:
         return f"no results.json under {runs_dir}"
     header, body = _task_matrix(groups, fmt == "csv") if by_task else _metric_rows(aggregate(groups), fmt == "csv")
-    return _render(header, body, fmt)
+    return render_table(header, body, fmt)
 
 
 _COST_KEYS = ("train_seconds", "examples_per_s", "peak_memory_mb")
@@ -244,22 +243,3 @@ def _task_matrix(groups: Dict[str, List[Dict[str, Any]]], csv_cells: bool) -> Tu
                 line.append(f"{mean_s:.6g}" if csv_cells else f"{mean_s:.0f}")
         body.append(line)
     return header, body
-
-
-def _render(header: List[str], body: List[List[str]], fmt: str) -> str:
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(body)
-        return buf.getvalue().rstrip("\n")
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-                 "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-        lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(b, widths)) + " |" for b in body]
-    else:
-        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
-                 "  ".join("-" * w for w in widths)]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-    return "\n".join(lines)

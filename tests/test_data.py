@@ -1,5 +1,7 @@
 """Encoding cache, collate, samplers (bucketing, resume, sharding) and evaluation coverage."""
+import logging
 import os
+import pickle
 from collections import Counter
 
 import numpy as np
@@ -9,7 +11,7 @@ import torch
 import nanoft
 from nanoft.data import (BucketBatchSampler, EncodedDataset, EvalBatchSampler, RandomBatchSampler, batches, collate,
                          describe, encode, padding_waste)
-from nanoft.errors import ConfigError
+from nanoft.errors import ConfigError, NanoftError
 from nanoft.tasks import Examples, get_task
 
 
@@ -118,6 +120,108 @@ def test_damaged_cache_file_is_rebuilt(tmp_path):
     again = encode(examples, Tok(), 8, tmp_path)
     assert not again.from_cache and again.ids(1).tolist() == [101, 99, 100, 101, 102]
     assert encode(examples, Tok(), 8, tmp_path).from_cache  # rewritten whole
+
+
+def _rte_dev(data_dir, cache_dir):
+    """RTE dev through the cache at `cache_dir`, and the cache entry's path."""
+    data = encode(get_task("rte").load(data_dir, "dev"), nanoft.load_tokenizer(), 64, cache_dir)
+    return data, cache_dir / "encoded" / f"{data.key}.npz"
+
+
+def _same_arrays(a, b):
+    for name in ("input_ids", "token_type_ids", "offsets", "labels"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_a_token_bit(path):
+    """Flip one bit inside the stored input_ids (the zip member's data, not its header)."""
+    raw = bytearray(path.read_bytes())
+    start = raw.index(b"input_ids.npy") + 200  # past the member's local header and the .npy header
+    raw[start] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def _rewrite_consistently_with_one_token_changed(path):
+    """A well-formed npz (valid zip CRCs) whose ids no longer match the stored sha256: only the checksum can tell."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["input_ids"] = arrays["input_ids"].copy()
+    arrays["input_ids"][5] += 1
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_token_bit, _rewrite_consistently_with_one_token_changed])
+def test_corrupted_cache_entry_is_rebuilt_with_a_warning(data_dir, tmp_path, caplog, damage):
+    fresh = encode(get_task("rte").load(data_dir, "dev"), nanoft.load_tokenizer(), 64, use_cache=False)
+    first, path = _rte_dev(data_dir, tmp_path)
+    damage(path)
+    with caplog.at_level(logging.WARNING, logger="nanoft.data.encode"):
+        again, _ = _rte_dev(data_dir, tmp_path)
+    assert not again.from_cache
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] and str(path) in caplog.records[0].getMessage()
+    _same_arrays(again, fresh)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nanoft.data.encode"):
+        third, _ = _rte_dev(data_dir, tmp_path)
+    assert third.from_cache and caplog.records == []  # the rebuilt entry was written whole
+    _same_arrays(third, fresh)
+
+
+class _Payload:
+    """Unpickling this opens (so creates) `marker`: what a planted cache file would try to do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_pickle_in_the_cache_runs_nothing(data_dir, tmp_path, caplog):
+    proof = tmp_path / "proof"
+    pickle.loads(pickle.dumps(_Payload(proof))).close()
+    assert proof.exists()  # the payload is live: unpickling it does create its file
+    fresh = encode(get_task("rte").load(data_dir, "dev"), nanoft.load_tokenizer(), 64, use_cache=False)
+    _, path = _rte_dev(data_dir, tmp_path / "cache")
+    for i, planted in enumerate([pickle.dumps(_Payload(tmp_path / "pwned-raw")),  # a bare pickle file
+                                 None]):  # an npz whose member is a pickled object array
+        if planted is None:
+            np.savez(path, input_ids=np.array([_Payload(tmp_path / "pwned-npz")], dtype=object))
+        else:
+            path.write_bytes(planted)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="nanoft.data.encode"):
+            again, _ = _rte_dev(data_dir, tmp_path / "cache")
+        assert not again.from_cache and len(caplog.records) == 1 and "rebuilding" in caplog.records[0].getMessage()
+        _same_arrays(again, fresh)
+    assert not (tmp_path / "pwned-raw").exists() and not (tmp_path / "pwned-npz").exists()
+
+
+def test_cache_entries_hold_no_pickle(data_dir, tmp_path):
+    _, path = _rte_dev(data_dir, tmp_path)
+    with np.load(path, allow_pickle=False) as z:  # would raise on any object array
+        assert sorted(z.files) == ["input_ids", "offsets", "sha256", "token_type_ids"]
+        assert all(z[k].dtype != object for k in z.files)
+
+
+def test_full_disk_while_caching_is_one_clear_error(data_dir, tmp_path, monkeypatch):
+    import errno
+
+    import nanoft.io
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nanoft.io.os, "replace", full)
+    examples = get_task("rte").load(data_dir, "dev")
+    with pytest.raises(NanoftError, match=r"^no space left on device writing .*\.npz \(set \$NANOFT_CACHE_DIR"):
+        encode(examples, nanoft.load_tokenizer(), 64, tmp_path)
+    assert list((tmp_path / "encoded").iterdir()) == []  # no half-written entry, no temp file
 
 
 # -- collate ---------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ per-example Python lists, no padding): example i is `input_ids[offsets[i]:offset
 That is what the cache stores, in one `.npz` per (examples fingerprint, tokenizer fingerprint,
 max length); the examples fingerprint already covers the file's content hash, the text columns and
 the selected rows. A second run with the same key loads the arrays instead of tokenizing.
+Each entry also stores a sha256 of its arrays, checked on load: a truncated, corrupted or planted
+file is rebuilt with a warning, never fed to training, and never unpickled (`allow_pickle=False`).
 
 Tokenizing goes through the tokenizer's `encode_batch` in chunks; the fast (Rust) tokenizer
 spreads each chunk over all cores itself, so Python-side workers would only add copies.
@@ -16,16 +18,17 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 
+from nanoft.io import atomic_write_bytes
+
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries carry a sha256 of their arrays
 CHUNK = 8192  # examples per encode_batch call: big enough to keep all cores busy, bounded memory
 
 
@@ -94,29 +97,40 @@ def tokenize(examples: Any, tokenizer: Any, max_length: int) -> tuple:
     return (np.concatenate(ids_chunks or empty[0]), np.concatenate(type_chunks or empty[1]), offsets)
 
 
+_ARRAYS = {"input_ids": np.int32, "token_type_ids": np.int8, "offsets": np.int64}  # name -> dtype, in file order
+
+
+def _checksum(arrays: tuple) -> str:
+    """sha256 over each array's name, dtype, shape and bytes: a truncated or flipped entry never matches."""
+    h = hashlib.sha256()
+    for name, a in zip(_ARRAYS, arrays):
+        h.update(f"{name}:{a.dtype.str}:{a.shape}\n".encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
 def _save(path: Path, input_ids: np.ndarray, token_type_ids: np.ndarray, offsets: np.ndarray) -> None:
-    """Write the cache file atomically: a concurrent reader sees no file or a whole one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, input_ids=input_ids, token_type_ids=token_type_ids, offsets=offsets)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write the cache entry atomically (a concurrent reader sees no file or a whole one), with its checksum."""
+    arrays = dict(zip(_ARRAYS, (input_ids, token_type_ids, offsets)))
+    digest = np.array(_checksum(tuple(arrays.values())))  # a fixed-width str array: no pickle needed
+    atomic_write_bytes(path, lambda f: np.savez(f, sha256=digest, **arrays),
+                       fix="set $NANOFT_CACHE_DIR to a writable folder with free space")
 
 
 def _load(path: Path, n: int) -> Optional[tuple]:
+    """The cached arrays, or None (with a warning) for an entry that is unreadable, damaged or for other examples."""
     try:
-        with np.load(path) as z:
-            arrays = (z["input_ids"], z["token_type_ids"], z["offsets"])
+        with np.load(path, allow_pickle=False) as z:  # a pickle planted in the cache is refused, never run
+            arrays = tuple(z[name] for name in _ARRAYS)
+            stored = str(z["sha256"])
     except Exception as e:  # a damaged cache file is rebuilt, never trusted
-        logger.warning("ignoring unreadable cache file %s (%s)", path, e)
+        logger.warning("rebuilding unreadable cache entry %s (%s)", path, e)
+        return None
+    if any(a.dtype != dtype for a, dtype in zip(arrays, _ARRAYS.values())) or stored != _checksum(arrays):
+        logger.warning("rebuilding corrupted cache entry %s (checksum mismatch)", path)
         return None
     if len(arrays[2]) != n + 1 or arrays[2][-1] != len(arrays[0]):
-        logger.warning("ignoring cache file %s: it does not match the examples", path)
+        logger.warning("rebuilding cache entry %s: it does not match the examples", path)
         return None
     return arrays
 

@@ -14,6 +14,7 @@ import numpy as np
 from nanoft.data.encode import encode
 from nanoft.data.samplers import BucketBatchSampler, RandomBatchSampler
 from nanoft.errors import ConfigError, DataError
+from nanoft.tables import render_table
 
 
 def padding_waste(lengths: Sequence[int], batch_size: int, strategy: str, seed: int = 0,
@@ -80,6 +81,5 @@ def describe(task: Any, data_dir: Union[str, Path, None] = None, tokenizer: Any 
         head.append(f"  padding waste = processed tokens / real tokens, batch {batch_size}, max length {max_length}")
     columns_out = [c for c in rows[0] if c != "file"]
     cells = [[str(r.get(c, "")) for c in columns_out] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns_out)]
-    lines = ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [columns_out] + cells]
+    lines = ["  " + line.rstrip() for line in render_table(columns_out, cells, rule=False).splitlines()]
     return "\n".join(head + lines)

@@ -10,7 +10,7 @@ from the `nanoft.attention` registry and sees `(batch, heads, seq, head_dim)` te
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -166,9 +166,14 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
-def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+def count_parameters(module: nn.Module) -> Tuple[int, int]:
+    """(total, trainable) parameter counts; a tensor shared by two modules (tied embeddings) counts once."""
+    total = trainable = 0
+    for p in module.parameters():  # parameters() yields each shared tensor once
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return total, trainable
 
 
 __all__ = ["Embeddings", "SelfAttention", "FeedForward", "EncoderLayer", "Encoder", "init_weights",
-           "activation_fn", "num_parameters"]
+           "activation_fn", "count_parameters"]
