@@ -19,7 +19,7 @@ from torch import nn
 
 from nanoft.config import ModelConfig
 from nanoft.errors import CheckpointError, ConfigError
-from nanoft.models import EncoderModel
+from nanoft.models import EncoderModel, count_parameters
 from nanoft.models.encoder import init_weights
 from nanoft.weights import keymap
 from nanoft.weights.safetensors_io import SafetensorsFile, atomic_write_json, save_file
@@ -312,8 +312,7 @@ def save_model(model: EncoderModel, directory: Union[str, Path], label_names: Op
 
 def model_summary(model: EncoderModel) -> Dict[str, Any]:
     c = model.config
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total, trainable = count_parameters(model)
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     return {"family": c.family, "layers": c.num_layers, "hidden": c.hidden_size, "heads": c.num_heads,
             "intermediate": c.intermediate_size, "vocab": c.vocab_size, "max_length": c.max_length,
