@@ -63,6 +63,23 @@ def test_new_head_is_initialised_and_reported(tiny_checkpoints):
     assert 0.005 < model.head.out.weight.std().item() < 0.05  # N(0, 0.02)
 
 
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("head", ["classification", "token-classification", "masked-lm"])
+def test_parameter_counts_equal_transformers(family, head, hf_model_factory):
+    """count_parameters == transformers' num_parameters (a tied MLM decoder counted once), frozen embeddings too."""
+    from nanoft.config import ModelConfig
+    from nanoft.models import EncoderModel, count_parameters
+
+    hf = hf_model_factory(family, head)
+    ours = EncoderModel(ModelConfig.from_hf(hf.config.to_dict()), head=head, num_labels=3)
+    assert count_parameters(ours) == (hf.num_parameters(), hf.num_parameters())
+    ours.encoder.embeddings.requires_grad_(False)  # for masked-lm this also freezes the tied decoder
+    hf.base_model.embeddings.requires_grad_(False)
+    total, trainable = count_parameters(ours)
+    assert (total, trainable) == (hf.num_parameters(), hf.num_parameters(only_trainable=True))
+    assert 0 < trainable < total
+
 @pytest.mark.slow
 def test_minilm_parity_on_sst2(minilm_dir, data_dir):
     """The real MiniLM checkpoint on real SST-2 dev sentences, padded batch."""
