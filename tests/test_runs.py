@@ -144,7 +144,7 @@ def test_an_interrupted_run_stops_the_whole_sequence(tiny_task, tmp_path, monkey
 
 def test_reset_peak_memory_starts_a_new_cpu_peak():
     """Runs that share a process (nanoft run, bench peft) must not inherit each other's peak RSS."""
-    from nanoft.train.trainer import peak_memory_mb, reset_peak_memory
+    from nanoft.train.runtime import peak_memory_mb, reset_peak_memory
 
     cpu = torch.device("cpu")
     big = torch.ones(300 * 2**20 // 4)  # 300 MiB, every page touched

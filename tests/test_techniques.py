@@ -17,9 +17,9 @@ from nanoft.errors import ConfigError
 from nanoft.models import EncoderModel
 from nanoft.train import Technique, Trainer, TrainConfig
 from nanoft.train.optim import layer_depth, layer_rates, param_groups
-from nanoft.train.technique_distill import CACHE, distillation_kl, distillation_loss
-from nanoft.train.technique_rdrop import RDrop, rdrop_loss, symmetric_kl
-from nanoft.train.technique_swa import SWA
+from nanoft.train.techniques.distill import CACHE, distillation_kl, distillation_loss
+from nanoft.train.techniques.rdrop import RDrop, rdrop_loss, symmetric_kl
+from nanoft.train.techniques.swa import SWA
 
 LAYERS = 3
 
@@ -347,7 +347,7 @@ class GradRecorder(Technique):
 
 
 def test_child_tuning_masks_gradients_by_the_formula(config):
-    from nanoft.train.technique_childtune import child_mask
+    from nanoft.train.techniques.childtune import child_mask
 
     p = 0.3
     trainer = Trainer(config(child_tuning_p=p, max_steps=2))

@@ -27,7 +27,7 @@ def test_loss_decreases_and_run_directory(tiny_config):
     losses = [r["loss"] for r in records if "loss" in r]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.05
     assert results["best"]["metrics"]["dev"]["accuracy"] >= 0.75
-    for name in ("config.toml", "metrics.jsonl", "results.json", "task.json", "checkpoint/trainer_state.pt",
+    for name in ("config.toml", "metrics.jsonl", "results.json", "task.json", "checkpoint/trainer_state.json",
                  "checkpoint/model.safetensors", "best/model.safetensors", "best/tokenizer.json"):
         assert (trainer.run_dir / name).is_file(), name
     saved = json.loads((trainer.run_dir / "results.json").read_text())
@@ -126,8 +126,8 @@ def test_resume_is_bit_for_bit(tiny_config, tmp_path):
 
 
 def test_sigint_saves_and_cli_resumes(tiny_config, tmp_path):
-    """The real CLI: SIGINT mid-run saves a checkpoint and exits non-zero; --resume finishes it
-    with the same weights as an uninterrupted run."""
+    """The real CLI: SIGINT mid-run saves a checkpoint and exits non-zero; --resume continues from that
+    step (it does not retrain from step 0) and ends with the uninterrupted run's metrics log and weights."""
     cfg = tiny_config(output=str(tmp_path / "ref"), epochs=12, log_every=1)
     reference = Trainer(cfg)
     reference.fit()
@@ -138,6 +138,7 @@ def test_sigint_saves_and_cli_resumes(tiny_config, tmp_path):
             "--log-every", "1", "--quiet", "--output", str(tmp_path / "cli")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     metrics = tmp_path / "cli" / "metrics.jsonl"
+    import re
     import time
 
     deadline = time.time() + 120
@@ -147,10 +148,38 @@ def test_sigint_saves_and_cli_resumes(tiny_config, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err
     assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    stopped = int(re.search(r"interrupted at step (\d+)", err).group(1))
+    total = reference.total_steps
+    assert 5 <= stopped < total
+    before = metrics.read_text().splitlines()  # the interrupted process's log, up to its checkpoint
+    assert json.loads(before[-1])["step"] == stopped
+
     done = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "cli" / "results.json").read_text())["steps"] == total
+    after = metrics.read_text().splitlines()
+    # The resumed process kept the interrupted process's lines as they were (byte for byte, including their
+    # wall-clock examples_per_s, which a re-run from step 0 would have measured afresh) and appended only the
+    # steps after `stopped`: it trained total - stopped steps, not total.
+    assert after[:len(before)] == before
+    appended = [json.loads(line) for line in after[len(before):]]
+    train_appended = [r for r in appended if "loss" in r]
+    assert [r["step"] for r in train_appended] == list(range(stopped + 1, total + 1))
+    assert all(r["step"] > stopped for r in appended)
+
+    # The whole log equals the uninterrupted run's, record for record. Excluded: examples_per_s only, a
+    # wall-clock throughput (examples / seconds of training) that differs between any two runs; every other
+    # field (step, epoch, loss, lr, grad_norm, eval metrics) is compared exactly.
+    wall_clock = {"examples_per_s"}
+    expected_log = [json.loads(line) for line in (reference.run_dir / "metrics.jsonl").read_text().splitlines()]
+    got_log = [json.loads(line) for line in after]
+    assert all(set(r) <= {"step", "epoch", "loss", "lr", "grad_norm", "eval"} | wall_clock for r in expected_log)
+    strip = lambda records: [{k: v for k, v in r.items() if k not in wall_clock} for r in records]  # noqa: E731
+    assert strip(got_log) == strip(expected_log)
+
     resumed = SafetensorsFile(tmp_path / "cli" / "checkpoint" / "model.safetensors")
     expected = SafetensorsFile(reference.run_dir / "checkpoint" / "model.safetensors")
+    assert set(resumed.keys()) == set(expected.keys())
     for key in expected.keys():
         assert torch.equal(resumed.tensor(key), expected.tensor(key)), key
 

@@ -10,7 +10,7 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from nanoft.errors import ConfigError
 
@@ -20,75 +20,174 @@ except ImportError:  # pragma: no cover - Python 3.10
     import tomli as _toml  # type: ignore
 
 
+# Sections of `nanoft train --help`, in order: {metadata "section": heading}.
+SECTIONS = {
+    "data": "Data",
+    "model": "Model",
+    "peft": "Parameter-efficient fine-tuning",
+    "optimization": "Optimization",
+    "techniques": "Fine-tuning techniques",
+    "evaluation": "Evaluation",
+    "run": "Run directory and logging",
+}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SAMPLERS = ("bucket", "random")
+
+
+# Choice lists come from the registries, read when the CLI is built (so later registrations count).
+def _tasks() -> List[str]:
+    from nanoft.tasks import available
+
+    return available()
+
+
+def _attention_kinds() -> List[str]:
+    from nanoft.attention import available
+
+    return available()
+
+
+def _peft_methods() -> List[str]:
+    from nanoft import peft
+
+    return peft.names()
+
+
+def _schedules() -> List[str]:
+    from nanoft.train.schedules import SCHEDULES
+
+    return list(SCHEDULES)
+
+
+def _optimizers() -> List[str]:
+    from nanoft.train.optim import OPTIMIZERS
+
+    return list(OPTIMIZERS)
+
+
+def _section(name: str) -> Callable[..., Any]:
+    """A field maker for one section: `_data(default, help, **metadata)`.
+
+    Metadata the CLI reads: "help" (what the option does, never its default: click shows that),
+    "flag" (when not --field-name), "choices" (a list, or a function returning one), "multiple"
+    (the flag may repeat), "metavar", "unset" (what a None/empty default means, shown as the
+    default) and "off" (a value that means None, e.g. --max-grad-norm 0).
+    """
+    def make(default: Any = None, help: str = "", *, factory: Optional[Callable[[], Any]] = None,
+             **metadata: Any) -> Any:
+        metadata = {"section": name, "help": help, **metadata}
+        if factory is not None:
+            return field(default_factory=factory, metadata=metadata)
+        return field(default=default, metadata=metadata)
+
+    return make
+
+
+# Named with a leading underscore: `model` and `peft` are also field names in the class body.
+_data, _model, _peft, _optimization, _techniques, _evaluation, _run = map(_section, SECTIONS)
+
+
 @dataclass
 class TrainConfig:
+    """Every option of a run; `nanoft train --help` is generated from these fields."""
+
     # ---- data
-    task: Optional[str] = None
-    train_file: Optional[str] = None
-    dev_file: Optional[str] = None
-    test_file: Optional[str] = None
-    text_columns: List[str] = field(default_factory=list)
-    label_column: Optional[str] = None
-    no_header: bool = False
-    split: Optional[str] = None
-    data_dir: Optional[str] = None
-    train_subset: Optional[int] = None
-    max_length: int = 128
+    task: Optional[str] = _data(None, "Built-in task to train on.", choices=_tasks)
+    train_file: Optional[str] = _data(None, "Your own training file (TSV, CSV or JSONL), instead of --task.",
+                                      metavar="FILE")
+    dev_file: Optional[str] = _data(None, "Dev file for --train-file; without one, dev is carved out with --split.",
+                                    metavar="FILE")
+    test_file: Optional[str] = _data(None, "Test file for --train-file.", metavar="FILE")
+    text_columns: List[str] = _data(help="Text column of your file; give it twice for sentence pairs.",
+                                    factory=list, flag="--text-column", multiple=True, unset="text")
+    label_column: Optional[str] = _data(None, "Label column of your file (integers, names or floats).",
+                                        unset="label")
+    no_header: bool = _data(False, "Your files have no header row; columns are then 0-based integers.")
+    split: Optional[str] = _data(None, "Carve train/dev/test out of --train-file by these fractions, e.g. "
+                                       "0.8,0.1,0.1 (seeded, stratified).")
+    data_dir: Optional[str] = _data(None, "Folder holding the task data.", metavar="DIR", unset="$NANOFT_DATA_DIR")
+    train_subset: Optional[int] = _data(None, "Train on a seeded random subset of N examples.")
+    max_length: int = _data(128, "Truncate inputs to this many tokens; longer than the model's positions "
+                                 "extends its position table.")
     # ---- model
-    model: Optional[str] = None
-    attention: Optional[str] = None
-    attention_options: Dict[str, Any] = field(default_factory=dict)
-    hidden_dropout: Optional[float] = None  # None: the checkpoint's rate
-    attention_dropout: Optional[float] = None
+    model: Optional[str] = _model(None, "Model directory in Hugging Face layout (config.json + model.safetensors).",
+                                  metavar="DIR", unset="the installed MiniLM-L6-H384")
+    attention: Optional[str] = _model(None, "Replace full attention by this kind.", choices=_attention_kinds)
+    attention_options: Dict[str, Any] = _model(help="An option of the attention kind as KEY=VALUE, e.g. "
+                                                    "window=128; repeatable.", factory=dict,
+                                               flag="--attention-option", multiple=True, metavar="KEY=VALUE")
+    hidden_dropout: Optional[float] = _model(None, "Dropout on embeddings and sublayer outputs.",
+                                             unset="the checkpoint's")
+    attention_dropout: Optional[float] = _model(None, "Dropout on attention probabilities; 0 lets CPU SDPA use its "
+                                                      "fused kernel (faster, O(n) memory on long inputs).",
+                                                unset="the checkpoint's")
     # ---- parameter-efficient fine-tuning
-    peft: Optional[str] = None
-    peft_options: Dict[str, Any] = field(default_factory=dict)
-    train_head: bool = True
+    peft: Optional[str] = _peft(None, "Train only an adapter of this method; the base model stays frozen.",
+                                choices=_peft_methods)
+    # No flag of its own: each registered method's options are flags (--lora-r, ...), see nanoft.peft.registry.
+    peft_options: Dict[str, Any] = _peft(help="Options of the --peft method, by name.", factory=dict,
+                                         peft_registry=True)
+    train_head: bool = _peft(True, "Keep the task head trainable under PEFT.")
     # ---- batching and optimisation
-    epochs: float = 3.0
-    max_steps: Optional[int] = None
-    batch_size: int = 32
-    max_tokens: Optional[int] = None
-    sampler: str = "bucket"
-    pad_to_multiple_of: Optional[int] = None
-    optimizer: str = "adamw"
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    momentum: float = 0.9
-    adam_eps: float = 1e-8
-    schedule: str = "linear"
-    warmup: float = 0.06  # < 1: a ratio of all steps; >= 1: a number of steps
-    cycle_steps: int = 2000
-    grad_accum: int = 1
-    max_grad_norm: Optional[float] = 1.0
-    precision: str = "auto"
-    compile: bool = False
-    gradient_checkpointing: bool = False  # recompute each layer in backward: less memory, ~30% more compute
-    layerwise_lr_decay: Optional[float] = None
-    layer_lrs: Optional[List[float]] = None
+    epochs: float = _optimization(3.0, "Passes over the training data (fractions allowed).")
+    max_steps: Optional[int] = _optimization(None, "Stop after this many optimizer steps (overrides --epochs).")
+    batch_size: int = _optimization(32, "Examples per batch, per process.")
+    max_tokens: Optional[int] = _optimization(None, "Also cap the padded tokens per batch (a token budget).")
+    sampler: str = _optimization("bucket", "bucket: batches of similar length (little padding); random: "
+                                           "shuffled batches.", choices=SAMPLERS)
+    pad_to_multiple_of: Optional[int] = _optimization(None, "Pad each batch's length up to a multiple of N "
+                                                            "(e.g. 8 for tensor cores).")
+    optimizer: str = _optimization("adamw", "adamw: decoupled weight decay; sgd: Nesterov momentum.",
+                                   choices=_optimizers)
+    lr: float = _optimization(5e-5, "Peak learning rate (the head's, under layer-wise decay).")
+    weight_decay: float = _optimization(0.01, "Weight decay, never on biases and LayerNorm weights.")
+    momentum: float = _optimization(0.9, "SGD momentum.")
+    adam_eps: float = _optimization(1e-8, "AdamW epsilon, added to the denominator for numerical stability.")
+    schedule: str = _optimization("linear", "Learning-rate schedule after warmup.", choices=_schedules)
+    warmup: float = _optimization(0.06, "Warmup: a fraction of all steps if < 1, else a number of steps.")
+    cycle_steps: int = _optimization(2000, "Cyclic schedule: steps per half cycle.")
+    grad_accum: int = _optimization(1, "Accumulate gradients over N batches per optimizer step.")
+    max_grad_norm: Optional[float] = _optimization(1.0, "Clip the gradient norm to this value; 0 turns clipping off.",
+                                                   off=0)
+    precision: str = _optimization("auto", "auto: bf16 where the hardware has it natively, else fp32.",
+                                   choices=PRECISIONS)
+    compile: bool = _optimization(False, "torch.compile the model.", flag="--compile/--no-compile")
+    gradient_checkpointing: bool = _optimization(False, "Recompute each encoder layer in the backward pass: "
+                                                        "activation memory of one layer instead of all, about 30% "
+                                                        "more compute (for long inputs).")
+    layerwise_lr_decay: Optional[float] = _optimization(None, "Layer-wise lr decay in (0, 1]: each layer below the "
+                                                              "head gets lr × factor^depth.")
+    layer_lrs: Optional[List[float]] = _optimization(None, "Explicit learning rates, comma-separated: embeddings, "
+                                                           "each layer, head.", metavar="LR,LR,...")
     # ---- fine-tuning techniques (nanoft.train.techniques)
-    reinit_layers: int = 0
-    rdrop_alpha: float = 0.0
-    swa_start: Optional[float] = None  # fraction of training (< 1) or step (>= 1) where averaging starts
-    swa_every: int = 1
-    unfreeze_every: Optional[int] = None  # gradual unfreezing: steps between unfreezing one more block
-    distill_from: Optional[str] = None
-    distill_alpha: float = 0.5
-    distill_temperature: float = 2.0
-    child_tuning_p: Optional[float] = None  # Child-Tuning-F: fraction of gradient entries kept per step
-    # ---- evaluation, logging, run directory
-    eval_every: Optional[int] = None  # steps; None: at the end of each epoch
-    eval_batch_size: int = 128
-    early_stopping: Optional[int] = None  # patience in evaluations
-    save_best: bool = True
-    seed: int = 42
-    output: Optional[str] = None
-    overwrite: bool = False
-    resume: bool = False
-    log_every: int = 20
-    quiet: bool = False
-    tensorboard: bool = False
-    checkpoint_every: Optional[int] = None  # steps; None: at each evaluation and at the end
+    reinit_layers: int = _techniques(0, "Re-initialise the top K encoder layers (and the pooler) before training.")
+    rdrop_alpha: float = _techniques(0.0, "R-Drop: weight of the symmetric KL between two dropout passes; 0 is off.")
+    swa_start: Optional[float] = _techniques(None, "SWA: start averaging weights at this fraction of training (< 1) "
+                                                   "or step (>= 1).")
+    swa_every: int = _techniques(1, "SWA: steps between snapshots.")
+    unfreeze_every: Optional[int] = _techniques(None, "Gradual unfreezing: unfreeze one more block, top first, "
+                                                      "every N steps.")
+    distill_from: Optional[str] = _techniques(None, "Knowledge distillation: the teacher's run or model directory.",
+                                              metavar="DIR")
+    distill_alpha: float = _techniques(0.5, "Distillation: weight of the soft-target loss.")
+    distill_temperature: float = _techniques(2.0, "Distillation: softmax temperature.")
+    child_tuning_p: Optional[float] = _techniques(None, "Child-Tuning-F: keep each gradient entry with probability "
+                                                        "p (rescaled by 1/p) at every step, e.g. 0.3.")
+    # ---- evaluation
+    eval_every: Optional[int] = _evaluation(None, "Evaluate every N steps.", unset="at the end of each epoch")
+    eval_batch_size: int = _evaluation(128, "Batch size for evaluation.")
+    early_stopping: Optional[int] = _evaluation(None, "Stop after N evaluations without improvement.")
+    save_best: bool = _evaluation(True, "Keep the best model (by the task's main metric) in RUN/best.")
+    # ---- run directory and logging
+    seed: int = _run(42, "Seed for weight init, data order and dropout.")
+    output: Optional[str] = _run(None, "Run directory.", metavar="DIR", unset="runs/<task>-<method>-s<seed>")
+    overwrite: bool = _run(False, "Replace an existing run directory.")
+    resume: bool = _run(False, "Continue the run in --output from its checkpoint, bit for bit.")
+    log_every: int = _run(20, "Write training metrics every N steps.")
+    quiet: bool = _run(False, "No progress bar.")
+    tensorboard: bool = _run(False, "Also write TensorBoard events (needs tensorboard installed).")
+    checkpoint_every: Optional[int] = _run(None, "Also checkpoint every N steps.",
+                                           unset="at each evaluation and at the end")
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "TrainConfig":
@@ -103,8 +202,8 @@ class TrainConfig:
             (self.epochs > 0 or (self.max_steps or 0) > 0, "epochs or max_steps must be > 0"),
             (self.max_length >= 2, "max_length must be ≥ 2"),
             (self.warmup >= 0, "warmup must be ≥ 0"),
-            (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16"),
-            (self.sampler in ("bucket", "random"), "sampler must be bucket or random"),
+            (self.precision in PRECISIONS, "precision must be auto, fp32, bf16 or fp16"),
+            (self.sampler in SAMPLERS, "sampler must be bucket or random"),
             (self.rdrop_alpha >= 0, "rdrop_alpha must be ≥ 0"),
             (0 <= self.distill_alpha <= 1, "distill_alpha must be in [0, 1]"),
             (self.distill_temperature > 0, "distill_temperature must be > 0"),

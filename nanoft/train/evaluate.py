@@ -5,12 +5,12 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nanoft import metrics as metrics_lib
 from nanoft.data import EvalBatchSampler, collate
 from nanoft.train import distributed
+from nanoft.train.objective import task_loss
 from nanoft.train.precision import autocast
 
 
@@ -48,8 +48,6 @@ def score(task: Any, logits: torch.Tensor, labels: np.ndarray) -> Dict[str, floa
     """The task's metrics (and the eval loss for classification)."""
     predictions = logits.numpy() if task.is_regression else logits.argmax(-1).numpy()
     result = metrics_lib.compute(task.metrics, predictions, labels)
-    if task.is_regression:
-        result["loss"] = float(F.mse_loss(logits, torch.as_tensor(labels, dtype=torch.float32)))
-    else:
-        result["loss"] = float(F.cross_entropy(logits, torch.as_tensor(labels, dtype=torch.long)))
+    targets = torch.as_tensor(labels, dtype=torch.float32 if task.is_regression else torch.long)
+    result["loss"] = float(task_loss(logits, targets, task.is_regression))
     return result

@@ -16,6 +16,7 @@ from torch import nn
 
 from nanoft.errors import ConfigError
 
+OPTIMIZERS = ("adamw", "sgd")
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -77,4 +78,4 @@ def build_optimizer(groups: List[Dict], name: str = "adamw", lr: float = 5e-5, b
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
-    raise ConfigError(f"unknown optimizer {name!r}", fix="use adamw or sgd")
+    raise ConfigError(f"unknown optimizer {name!r}", fix=f"use {' or '.join(OPTIMIZERS)}")

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from nanoft.errors import ConfigError
-from nanoft.train.hooks import Technique
+from nanoft.train.techniques.base import Technique, TrainerView
 
 
 def swa_start_step(start: float, total_steps: int) -> int:
@@ -47,17 +47,17 @@ class SWA(Technique):
         self.count = 0
         self.average: Dict[str, torch.Tensor] = {}
 
-    def setup(self, trainer: Any) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         max_steps = trainer.config.max_steps
         if max_steps:  # total steps known already: fail before anything is trained or written
             swa_start_step(self.start, max_steps)
 
-    def loss(self, trainer: Any, batch, logits, loss):
+    def loss(self, trainer: TrainerView, batch, logits, loss):
         if self.start_step is None:  # total_steps exists from here on (after setup)
             self.start_step = swa_start_step(self.start, trainer.total_steps)
         return loss
 
-    def after_step(self, trainer: Any) -> None:
+    def after_step(self, trainer: TrainerView) -> None:
         if self.start_step is None:
             self.start_step = swa_start_step(self.start, trainer.total_steps)
         step = trainer.step
@@ -87,7 +87,7 @@ class SWA(Technique):
             p.copy_(avg.to(p.device, p.dtype))
             self.average[name] = current.to(avg.device)
 
-    def finish(self, trainer: Any):
+    def finish(self, trainer: TrainerView):
         if not self.count:
             return {"swa": None}
         self.swap(trainer.model)

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import torch
 
 from nanoft.errors import ConfigError
-from nanoft.train.hooks import Technique
+from nanoft.train.techniques.base import Technique, TrainerView
 
 
 def child_mask(shape: torch.Size, p: float, seed: int, step: int, index: int,
@@ -48,7 +48,7 @@ class ChildTuning(Technique):
                               fix="it is the fraction of gradient entries kept; the paper uses 0.2–0.4")
         self.p, self.seed = float(p), int(seed)
 
-    def before_optimizer_step(self, trainer: Any) -> None:
+    def before_optimizer_step(self, trainer: TrainerView) -> None:
         if self.p < 1.0:
             params = [p for p in trainer.model.parameters() if p.requires_grad]
             mask_gradients(params, self.p, self.seed, trainer.step)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from nanoft.errors import ConfigError
 from nanoft.io import atomic_write_bytes, atomic_write_json
-from nanoft.train.hooks import Technique
+from nanoft.train.techniques.base import Technique, TrainerView
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,24 @@ def check_teacher(model_dir: Path, task: Any) -> None:
                           path=str(model_dir), fix="distil from a teacher fine-tuned on this task")
 
 
+def _read_cache(path: Path, meta: Path, key: Dict[str, Any], shape: tuple) -> Optional[torch.Tensor]:
+    """The cached teacher logits if they belong to this teacher and data and have the right shape; a
+    damaged or foreign cache is recomputed (never unpickled: `allow_pickle=False`)."""
+    if not (path.is_file() and meta.is_file()):
+        return None
+    try:
+        if json.loads(meta.read_text(encoding="utf-8")) != key:
+            return None
+        logits = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, UnicodeDecodeError):
+        log.warning("teacher-logit cache %s is unreadable; recomputing it", path)
+        return None
+    if logits.shape != shape or logits.dtype != np.float32 or not np.isfinite(logits).all():
+        log.warning("teacher-logit cache %s does not fit this run; recomputing it", path)
+        return None
+    return torch.from_numpy(logits)
+
+
 class Distillation(Technique):
     name = "distill"
 
@@ -99,12 +117,12 @@ class Distillation(Technique):
         self.model_dir: Optional[Path] = None
         self.teacher_logits: Optional[torch.Tensor] = None  # (n_train, classes), on the device
 
-    def setup(self, trainer: Any) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         self.model_dir = resolve_teacher(self.teacher_path)
         check_teacher(self.model_dir, trainer.task)
         self._check_vocabulary(trainer)
 
-    def _check_vocabulary(self, trainer: Any) -> None:
+    def _check_vocabulary(self, trainer: TrainerView) -> None:
         has_tokenizer = any((self.model_dir / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json"))
         if not has_tokenizer:
             return  # a bare model directory: assume it reads the student's token ids
@@ -115,7 +133,7 @@ class Distillation(Technique):
             raise ConfigError("teacher uses a different vocabulary than the student", path=str(self.model_dir),
                               fix="distil from a teacher with the student's tokenizer")
 
-    def loss(self, trainer: Any, batch: Dict[str, torch.Tensor], logits: torch.Tensor,
+    def loss(self, trainer: TrainerView, batch: Dict[str, torch.Tensor], logits: torch.Tensor,
              loss: torch.Tensor) -> torch.Tensor:
         if self.alpha == 0:
             return loss
@@ -124,14 +142,15 @@ class Distillation(Technique):
         teacher = self.teacher_logits[batch["index"].to(logits.device)]  # (batch, classes)
         return distillation_loss(loss, logits, teacher, self.alpha, self.temperature)
 
-    def _teacher_logits(self, trainer: Any) -> torch.Tensor:
+    def _teacher_logits(self, trainer: TrainerView) -> torch.Tensor:
         """Teacher logits for every training example: read from the run's cache, or computed once."""
         path = trainer.run_dir / CACHE
         key = {"teacher": str(self.model_dir.resolve()), "data": trainer.train_data.key,
                "examples": len(trainer.train_data), "max_length": trainer.config.max_length}
         meta = path.with_suffix(".json")
-        if path.is_file() and meta.is_file() and json.loads(meta.read_text(encoding="utf-8")) == key:
-            return torch.from_numpy(np.load(path))
+        cached = _read_cache(path, meta, key, (len(trainer.train_data), trainer.task.num_labels))
+        if cached is not None:
+            return cached
         from nanoft.train.evaluate import predict_logits
         from nanoft.weights import load_model
 
@@ -146,5 +165,5 @@ class Distillation(Technique):
         log.info("teacher logits for %d training examples cached in %s", len(logits), path)
         return logits
 
-    def finish(self, trainer: Any):
+    def finish(self, trainer: TrainerView):
         return {"distill": {"teacher": str(self.model_dir), "alpha": self.alpha, "temperature": self.temperature}}

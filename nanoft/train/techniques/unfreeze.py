@@ -22,7 +22,7 @@ from typing import Any, Optional, Set
 from torch import nn
 
 from nanoft.errors import ConfigError
-from nanoft.train.hooks import Technique
+from nanoft.train.techniques.base import Technique, TrainerView
 from nanoft.train.optim import layer_depth
 
 
@@ -42,7 +42,7 @@ class GradualUnfreezing(Technique):
         self.applied_step = -1
         self.trainer: Any = None
 
-    def setup(self, trainer: Any) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         if trainer.dist.enabled:
             raise ConfigError("gradual unfreezing is not supported under torchrun (DDP registers the "
                               "trainable parameters once)", fix="train on one process or drop --unfreeze-every")
@@ -63,7 +63,7 @@ class GradualUnfreezing(Technique):
             p.requires_grad_(name in self.allowed and layer_depth(name, num_layers) >= lowest)
         self.applied_step = step
 
-    def finish(self, trainer: Any):
+    def finish(self, trainer: TrainerView):
         lowest = trainable_from_depth(trainer.step, self.every, trainer.model.config.num_layers)
         return {"unfreeze": {"every": self.every, "lowest_trainable_depth": lowest}}
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from nanoft.errors import ConfigError
 from nanoft.models.encoder import init_weights
-from nanoft.train.hooks import Technique
+from nanoft.train.techniques.base import Technique, TrainerView
 
 _STANDARD = (nn.Linear, nn.Embedding, nn.LayerNorm)
 
@@ -64,8 +64,8 @@ class ReinitTopLayers(Technique):
         self.seed = seed
         self.reinitialised: List[str] = []
 
-    def setup(self, trainer: Any) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         self.reinitialised = reinit_top_layers(trainer.model, self.k, self.seed)
 
-    def finish(self, trainer: Any):
+    def finish(self, trainer: TrainerView):
         return {"reinit": {"layers": self.k, "tensors": len(self.reinitialised)}}

@@ -21,7 +21,8 @@ from typing import Any, Dict
 import torch
 import torch.nn.functional as F
 
-from nanoft.train.hooks import Technique
+from nanoft.train.objective import task_loss
+from nanoft.train.techniques.base import Technique, TrainerView
 
 
 def symmetric_kl(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
@@ -40,16 +41,10 @@ def consistency(logits1: torch.Tensor, logits2: torch.Tensor, is_regression: boo
     return symmetric_kl(logits1, logits2)
 
 
-def _task_loss(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool) -> torch.Tensor:
-    if is_regression:
-        return F.mse_loss(logits.float(), labels.float())
-    return F.cross_entropy(logits.float(), labels)
-
-
 def rdrop_loss(logits1: torch.Tensor, logits2: torch.Tensor, labels: torch.Tensor, alpha: float,
                is_regression: bool = False) -> torch.Tensor:
     """The full R-Drop loss of two passes over one batch (formula in the module docstring)."""
-    task = 0.5 * (_task_loss(logits1, labels, is_regression) + _task_loss(logits2, labels, is_regression))
+    task = 0.5 * (task_loss(logits1, labels, is_regression) + task_loss(logits2, labels, is_regression))
     return task + alpha * consistency(logits1, logits2, is_regression)
 
 
@@ -59,11 +54,11 @@ class RDrop(Technique):
     def __init__(self, alpha: float) -> None:
         self.alpha = alpha
 
-    def loss(self, trainer: Any, batch: Dict[str, torch.Tensor], logits: torch.Tensor,
+    def loss(self, trainer: TrainerView, batch: Dict[str, torch.Tensor], logits: torch.Tensor,
              loss: torch.Tensor) -> torch.Tensor:
         model = trainer.model if trainer.dist.enabled else None
         logits2 = trainer.forward(batch, model=model)  # same batch, fresh dropout masks
         regression = trainer.task.is_regression
-        second = _task_loss(logits2, batch["labels"], regression)
-        # `loss` is the first pass's task loss, as the trainer computed it (= _task_loss(logits, …))
+        second = task_loss(logits2, batch["labels"], regression)
+        # `loss` is the first pass's task loss, as the objective computed it (= task_loss(logits, …))
         return 0.5 * (loss + second) + self.alpha * consistency(logits, logits2, regression)
