@@ -18,14 +18,14 @@ from typing import Any, BinaryIO, Callable, Iterator, Optional, Union
 
 from nanoft.errors import NanoftError
 
-# errno -> (what happened, how to fix it), for the OSErrors a user causes and can mend
-_DISK_ERRORS = {
-    errno.ENOSPC: ("no space left on device", "free space or choose another --output"),
-    errno.EDQUOT: ("disk quota exceeded", "free space or choose another --output"),
-    errno.EACCES: ("permission denied", "choose a writable --output"),
-    errno.EPERM: ("operation not permitted", "choose a writable --output"),
-    errno.EROFS: ("read-only file system", "choose a writable --output"),
-}
+# errno name -> (what happened, how to fix it), for the OSErrors a user causes and can mend
+_DISK_ERRORS = {getattr(errno, name): text for name, text in {  # EDQUOT is missing on some platforms
+    "ENOSPC": ("no space left on device", "free space or choose another --output"),
+    "EDQUOT": ("disk quota exceeded", "free space or choose another --output"),
+    "EACCES": ("permission denied", "choose a writable --output"),
+    "EPERM": ("operation not permitted", "choose a writable --output"),
+    "EROFS": ("read-only file system", "choose a writable --output"),
+}.items() if hasattr(errno, name)}
 
 
 def disk_error(e: OSError, path: Union[str, Path], fix: Optional[str] = None) -> Union[NanoftError, OSError]:
