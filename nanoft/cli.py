@@ -5,110 +5,129 @@ line and exit 2, never a traceback.
 """
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
+import difflib
 import logging
 import sys
-from typing import Any, Callable, Dict, Optional
+import typing
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import click
+from click.core import ParameterSource
 
 from nanoft.errors import ConfigError, NanoftError
 
+if typing.TYPE_CHECKING:
+    from nanoft.train.config import TrainConfig
+
 # --------------------------------------------------------------------------------- train options
-# (flag, TrainConfig field, click type, help). One table: --help, TOML keys and Python agree.
-TRAIN_OPTIONS = [
-    # data
-    ("--task", "task", str, "Built-in task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, agnews, imdb."),
-    ("--train-file", "train_file", click.Path(), "Your own training file (TSV, CSV or JSONL) instead of --task."),
-    ("--dev-file", "dev_file", click.Path(), "Dev file for --train-file (else carved with --split)."),
-    ("--test-file", "test_file", click.Path(), "Test file for --train-file."),
-    ("--text-column", "text_columns", str, "Text column of your file; give twice for sentence pairs. [default: text]"),
-    ("--label-column", "label_column", str, "Label column of your file (ints, names or floats). [default: label]"),
-    ("--no-header", "no_header", bool, "Your files have no header row; columns are 0-based integers."),
-    ("--split", "split", str, "Carve train/dev/test from --train-file, e.g. 0.8,0.1,0.1 (seeded, stratified)."),
-    ("--data-dir", "data_dir", click.Path(), "Folder holding task data. [default: $NANOFT_DATA_DIR]"),
-    ("--train-subset", "train_subset", int, "Train on a seeded random subset of N examples."),
-    ("--max-length", "max_length", int, "Truncate inputs to N tokens; above the model's positions extends them. [default: 128]"),
-    # model
-    ("--model", "model", click.Path(), "Model directory (HF layout). [default: the installed MiniLM-L6-H384]"),
-    ("--attention", "attention", str, "Replace full attention: full, linformer, performer, longformer, bigbird."),
-    ("--attention-option", "attention_options", str, "Attention option KEY=VALUE (repeatable), e.g. window=128."),
-    ("--hidden-dropout", "hidden_dropout", float, "Dropout on embeddings and sublayer outputs. [default: the checkpoint's]"),
-    ("--attention-dropout", "attention_dropout", float, "Dropout on attention probabilities; 0 lets CPU SDPA use its fused "
-                                                        "kernel (faster, O(n) memory on long inputs). [default: the checkpoint's]"),
-    # peft
-    ("--peft", "peft", str, "Parameter-efficient method: lora, rslora, dora, houlsby, pfeiffer, bitfit, ia3."),
-    ("--lora-r", "peft_options.r", int, "LoRA rank. [default: 8]"),
-    ("--lora-alpha", "peft_options.alpha", float, "LoRA alpha (scale = alpha/r, or alpha/sqrt(r) for rslora). [default: 16]"),
-    ("--lora-dropout", "peft_options.dropout", float, "Dropout on the LoRA input. [default: 0.0]"),
-    ("--lora-targets", "peft_options.targets", str, "Comma-separated module names/globs to adapt. [default: query,value]"),
-    ("--rslora", "peft_options.rslora", bool, "rsLoRA scaling alpha/sqrt(r) (same as --peft rslora)."),
-    ("--dora", "peft_options.dora", bool, "DoRA: learn a magnitude per output, LoRA on the direction (same as --peft dora)."),
-    ("--adapter-reduction", "peft_options.reduction_factor", int, "Bottleneck reduction factor of Houlsby/Pfeiffer adapters. [default: 16]"),
-    ("--adapter-non-linearity", "peft_options.non_linearity", str, "Adapter activation: swish (Houlsby default), relu (Pfeiffer default), gelu, tanh."),
-    ("--train-head/--no-train-head", "train_head", bool, "Keep the classification head trainable under PEFT. [default: on]"),
-    # optimisation
-    ("--epochs", "epochs", float, "Epochs (fractions allowed). [default: 3]"),
-    ("--max-steps", "max_steps", int, "Stop after N optimizer steps (overrides --epochs)."),
-    ("--batch-size", "batch_size", int, "Examples per batch (per process). [default: 32]"),
-    ("--max-tokens", "max_tokens", int, "Also cap padded tokens per batch (token budget)."),
-    ("--sampler", "sampler", click.Choice(["bucket", "random"]), "bucket: batches of similar length (little padding); random. [default: bucket]"),
-    ("--pad-to-multiple-of", "pad_to_multiple_of", int, "Pad batch length up to a multiple of N (e.g. 8 for tensor cores)."),
-    ("--optimizer", "optimizer", click.Choice(["adamw", "sgd"]), "adamw (decoupled decay) or sgd (Nesterov momentum). [default: adamw]"),
-    ("--lr", "lr", float, "Peak learning rate (of the head, under LLRD). [default: 5e-5]"),
-    ("--weight-decay", "weight_decay", float, "Weight decay (never on biases and LayerNorm). [default: 0.01]"),
-    ("--momentum", "momentum", float, "SGD momentum. [default: 0.9]"),
-    ("--schedule", "schedule", click.Choice(["constant", "linear", "cosine", "cyclic", "one-cycle"]), "Learning-rate schedule. [default: linear]"),
-    ("--warmup", "warmup", float, "Warmup: a ratio of all steps if < 1, else a number of steps. [default: 0.06]"),
-    ("--cycle-steps", "cycle_steps", int, "Cyclic schedule: steps per half cycle. [default: 2000]"),
-    ("--grad-accum", "grad_accum", int, "Accumulate gradients over N batches per step. [default: 1]"),
-    ("--max-grad-norm", "max_grad_norm", float, "Clip the gradient norm (0 = off). [default: 1.0]"),
-    ("--precision", "precision", click.Choice(["auto", "fp32", "bf16", "fp16"]), "auto = bf16 where the hardware has it natively, else fp32. [default: auto]"),
-    ("--gradient-checkpointing", "gradient_checkpointing", bool, "Recompute each encoder layer in the backward pass: activation memory of one layer instead of all, ~30% more compute (long inputs)."),
-    ("--compile/--no-compile", "compile", bool, "torch.compile the model. [default: off]"),
-    ("--layerwise-lr-decay", "layerwise_lr_decay", float, "LLRD factor in (0, 1]: each layer below the head gets lr × factor^depth."),
-    ("--layer-lrs", "layer_lrs", str, "Explicit rates, comma-separated: embeddings, each layer, head."),
-    # techniques
-    ("--reinit-layers", "reinit_layers", int, "Re-initialise the top K encoder layers (and pooler) first. [default: 0]"),
-    ("--rdrop-alpha", "rdrop_alpha", float, "R-Drop: weight of the symmetric KL between two dropout passes. [default: 0]"),
-    ("--child-tuning-p", "child_tuning_p", float, "Child-Tuning-F: keep each gradient entry with probability p (rescaled by 1/p) at every step, e.g. 0.3. [default: off]"),
-    ("--swa-start", "swa_start", float, "SWA: start averaging at this fraction of training (< 1) or step (>= 1)."),
-    ("--swa-every", "swa_every", int, "SWA: steps between snapshots. [default: 1]"),
-    ("--unfreeze-every", "unfreeze_every", int, "Gradual unfreezing: unfreeze one more block (top first) every N steps."),
-    ("--distill-from", "distill_from", click.Path(), "Knowledge distillation: teacher run or model directory."),
-    ("--distill-alpha", "distill_alpha", float, "KD: weight of the soft-target loss. [default: 0.5]"),
-    ("--distill-temperature", "distill_temperature", float, "KD: softmax temperature. [default: 2.0]"),
-    # evaluation and run
-    ("--eval-every", "eval_every", int, "Evaluate every N steps. [default: each epoch]"),
-    ("--eval-batch-size", "eval_batch_size", int, "Batch size for evaluation. [default: 128]"),
-    ("--early-stopping", "early_stopping", int, "Stop after N evaluations without improvement."),
-    ("--save-best/--no-save-best", "save_best", bool, "Keep the best model (by the task's main metric) in RUN/best. [default: on]"),
-    ("--checkpoint-every", "checkpoint_every", int, "Also checkpoint every N steps. [default: at each evaluation]"),
-    ("--seed", "seed", int, "Seed for weights init, data order and dropout. [default: 42]"),
-    ("--output", "output", click.Path(), "Run directory. [default: runs/<task>-<method>-s<seed>]"),
-    ("--overwrite", "overwrite", bool, "Replace an existing run directory."),
-    ("--resume", "resume", bool, "Continue the run in --output from its checkpoint, bit for bit."),
-    ("--log-every", "log_every", int, "Write training metrics every N steps. [default: 20]"),
-    ("--quiet", "quiet", bool, "No progress bar."),
-    ("--tensorboard", "tensorboard", bool, "Also write TensorBoard events (needs tensorboard installed)."),
-]
+# `nanoft train`'s options are generated from the TrainConfig fields (nanoft/train/config.py) and the
+# options dataclasses of the registered PEFT methods (nanoft/peft/registry.py): flag, type, default,
+# choices, help and --help section all come from there, so the CLI, TOML files and Python agree.
+
+
+def _fold(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "").replace(" ", "")
+
+
+class Names(click.ParamType):
+    """A name from a registry, read when used (so methods registered later count); case, '-' and '_'
+    are ignored ('SST-2' is sst2). A bad name is a one-line ConfigError listing the valid ones."""
+
+    name = "name"
+
+    def __init__(self, choices: Union[Sequence[str], Callable[[], Sequence[str]]]) -> None:
+        self.choices = choices
+
+    def names(self) -> List[str]:
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+    def get_metavar(self, param: click.Parameter, ctx: Optional[click.Context] = None) -> str:
+        return "[" + "|".join(self.names()) + "]"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> str:
+        names = self.names()
+        by_fold = {_fold(n): n for n in names}
+        if _fold(str(value)) in by_fold:
+            return by_fold[_fold(str(value))]
+        near = difflib.get_close_matches(str(value), names, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        flag = param.opts[0] if param is not None else "value"
+        raise ConfigError(f"unknown {flag} {value!r}", fix=f"{hint}valid: {', '.join(names)}")
+
+
+class SectionOption(click.Option):
+    """An option listed under a heading of `--help` (see SectionedCommand)."""
+
+    def __init__(self, *args: Any, section: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+class FieldOption(SectionOption):
+    """The option of one dataclass field: a TrainConfig field, or a PEFT method's option whose value goes
+    `into` ("peft_options", its name). `notes` are methods whose own default differs: {method: default}."""
+
+    def __init__(self, f: dataclasses.Field, annotation: Any, *, section: str, flag: Optional[str] = None,
+                 into: Optional[Tuple[str, str]] = None, notes: Optional[Dict[str, Any]] = None) -> None:
+        meta = f.metadata
+        self.field, self.key = into or (f.name, None)  # config field, and key inside it (a dict field)
+        self.kind, self.item = _shape(annotation)
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        flag = flag or meta.get("flag") or "--" + f.name.replace("_", "-")
+        help_text = meta.get("help", "")
+        if notes:
+            help_text += " (" + "; ".join(f"--peft {m}: {_show(v)}" for m, v in notes.items()) + ")"
+        unset = meta.get("unset") if default in (None, [], {}, ()) else None
+        kwargs: Dict[str, Any] = dict(help=help_text, metavar=meta.get("metavar"), show_default=unset or True)
+        if self.kind == "scalar" and self.item is bool:
+            if default and "/" not in flag:
+                flag = f"{flag}/--no-{flag[2:]}"
+            kwargs.update(is_flag=True, default=default)
+        elif self.kind == "dict" or meta.get("multiple"):
+            kwargs.update(multiple=True, type=str if self.kind == "dict" else self.item, default=tuple(default))
+        elif self.kind == "list":  # comma-separated on the command line
+            kwargs.update(type=str, default=",".join(map(str, default)) if default else None)
+        else:
+            choices = meta.get("choices")
+            kwargs.update(type=Names(choices) if choices else self.item, default=default)
+        super().__init__([flag, _param_name(flag)], section=section, **kwargs)
+
+    def to_config(self, value: Any) -> Any:
+        """The command-line value as the config holds it."""
+        if self.kind == "dict":
+            return dict(_key_value(self.opts[0], item) for item in value)
+        if self.multiple:
+            return list(value)
+        if self.kind == "list":
+            return [_list_item(self.opts[0], x.strip(), self.item) for x in value.split(",") if x.strip()]
+        return value
 
 
 def _param_name(flag: str) -> str:
     return flag.split("/")[0].lstrip("-").replace("-", "_")
 
 
-def train_options(fn: Callable) -> Callable:
-    for flag, field_name, kind, help_text in reversed(TRAIN_OPTIONS):
-        name = _param_name(flag)
-        if kind is bool and "/" in flag:
-            fn = click.option(flag, name, default=None, help=help_text)(fn)
-        elif kind is bool:
-            fn = click.option(flag, name, is_flag=True, default=None, help=help_text)(fn)
-        elif field_name in ("text_columns", "attention_options"):
-            fn = click.option(flag, name, multiple=True, type=kind, help=help_text)(fn)
-        else:
-            fn = click.option(flag, name, type=kind, default=None, help=help_text)(fn)
-    return fn
+def _shape(annotation: Any) -> Tuple[str, Any]:
+    """("scalar", int) / ("list", float) / ("dict", None) of a field's type, Optional[...] stripped."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is Union and len(args) == 1:
+        return _shape(args[0])
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return "list", (args[0] if args else str)
+    if origin is dict:
+        return "dict", None
+    return "scalar", annotation
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _parse_value(text: str) -> Any:
@@ -120,39 +139,110 @@ def _parse_value(text: str) -> Any:
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-def config_from_cli(kwargs: Dict[str, Any], config_file: Optional[str]):
-    """TrainConfig from an optional TOML file overlaid with the options given on the command line."""
+def _key_value(flag: str, item: str) -> Tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"{flag} {item!r} is not KEY=VALUE", fix=f"e.g. {flag} window=128")
+    key, raw = item.split("=", 1)
+    return key.strip(), _parse_value(raw.strip())
+
+
+def _list_item(flag: str, text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not a {kind.__name__}", fix="give a comma-separated list") from None
+
+
+def _peft_options(into: str, section: str) -> List[FieldOption]:
+    """One option per field of the registered PEFT methods' options classes; methods that share a class
+    (lora, rslora, dora) share its flags."""
+    from nanoft import peft
+    from nanoft.peft.registry import flag_of
+
+    found: Dict[str, Tuple[dataclasses.Field, Any, Dict[str, Any]]] = {}
+    for name in peft.names():
+        options = peft.get(name).options
+        hints = typing.get_type_hints(options)
+        for f in dataclasses.fields(options):
+            flag = flag_of(options, f, name)
+            first, _, defaults = found.setdefault(flag, (f, hints[f.name], {}))
+            if first.name != f.name:
+                raise TypeError(f"PEFT flag {flag} stands for two options, {first.name!r} and {f.name!r}")
+            defaults[name] = peft.options_of(name)[f.name]
+    return [FieldOption(f, annotation, section=section, flag=flag, into=(into, f.name),
+                        notes={m: v for m, v in defaults.items() if v != f.default})
+            for flag, (f, annotation, defaults) in found.items()]
+
+
+def train_params() -> List[click.Parameter]:
+    """`nanoft train`'s options, built from TrainConfig and the PEFT registry as they are now."""
+    from nanoft.train.config import SECTIONS, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    params: List[click.Parameter] = [
+        SectionOption(["--config", "config_file"], type=click.Path(), metavar="FILE",
+                      help="TOML file of options (the names below with _); options given here override it.")]
+    for key, title in SECTIONS.items():
+        for f in dataclasses.fields(TrainConfig):
+            if f.metadata["section"] != key:
+                continue
+            if f.metadata.get("peft_registry"):
+                params += _peft_options(f.name, title)
+            else:
+                params.append(FieldOption(f, hints[f.name], section=title))
+    flags = [o for p in params for o in p.opts + p.secondary_opts]
+    for what, items in (("flag", flags), ("name", [p.name for p in params])):
+        twice = sorted({x for x in items if items.count(x) > 1})
+        if twice:
+            raise TypeError(f"nanoft train: {what}s given twice: {', '.join(twice)}")
+    return params
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists options under one heading per section (click has no option groups)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        groups: Dict[str, List[Tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record:
+                groups.setdefault(getattr(param, "section", None) or "Options", []).append(record)
+        # one column width for all sections (write_dl moves names longer than col_max to their own line)
+        width = min(30, max(len(name) for rows in groups.values() for name, _ in rows))
+        for title, rows in groups.items():
+            with formatter.section(title):
+                formatter.write_dl([(name.ljust(width), text) for name, text in rows], col_max=30)
+
+
+class TrainCommand(SectionedCommand):
+    """`nanoft train`: its options are rebuilt from the config and the registries whenever asked for."""
+
+    def get_params(self, ctx: click.Context) -> List[click.Parameter]:
+        self.params = train_params()
+        return super().get_params(ctx)
+
+
+def config_from_cli(ctx: click.Context) -> "TrainConfig":
+    """TrainConfig from the optional --config TOML file, overlaid with the options given on the command line."""
     from nanoft.train.config import TrainConfig, read_toml
 
+    config_file = ctx.params.get("config_file")
     values: Dict[str, Any] = read_toml(config_file) if config_file else {}
     if config_file:
         TrainConfig.from_dict(values, source=config_file)  # unknown keys: name them, suggest nearest
-    peft_options = dict(values.get("peft_options", {}))
-    for flag, field_name, kind, _ in TRAIN_OPTIONS:
-        value = kwargs.get(_param_name(flag))
-        if value is None or value == ():
+    for param in ctx.command.params:
+        if not isinstance(param, FieldOption) or ctx.get_parameter_source(param.name) in (
+                None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
             continue
-        if field_name.startswith("peft_options."):
-            key = field_name.split(".", 1)[1]
-            peft_options[key] = value.split(",") if key == "targets" else value
-        elif field_name == "text_columns":
-            values["text_columns"] = list(value)
-        elif field_name == "attention_options":
-            options = dict(values.get("attention_options", {}))
-            for item in value:
-                if "=" not in item:
-                    raise ConfigError(f"--attention-option {item!r} is not KEY=VALUE", fix="e.g. --attention-option window=128")
-                key, raw = item.split("=", 1)
-                options[key.strip()] = _parse_value(raw.strip())
-            values["attention_options"] = options
-        elif field_name == "layer_lrs":
-            values["layer_lrs"] = [float(x) for x in value.split(",")]
-        else:
-            values[field_name] = value
-    if peft_options:
-        values["peft_options"] = peft_options
-    if values.get("max_grad_norm") == 0:
-        values["max_grad_norm"] = None
+        value = param.to_config(ctx.params[param.name])
+        if param.key is not None:
+            value = {param.key: value}
+        if isinstance(value, dict):  # dict fields add to the file's: --attention-option, --lora-r, ...
+            value = {**values.get(param.field, {}), **value}
+        values[param.field] = value
+    for f in dataclasses.fields(TrainConfig):
+        if "off" in f.metadata and values.get(f.name) == f.metadata["off"]:
+            values[f.name] = None
     return TrainConfig.from_dict(values, source=config_file or "command line")
 
 
@@ -181,15 +271,13 @@ def info(path: Optional[str], task: Optional[str], data_dir: Optional[str], max_
         click.echo(describe_model(path))
 
 
-@cli.command()
-@click.option("--config", "config_file", type=click.Path(), help="TOML file of options (keys as below, with _).")
-@train_options
-def train(config_file: Optional[str], **kwargs: Any) -> None:
+@cli.command(cls=TrainCommand)
+@click.pass_context
+def train(ctx: click.Context, **kwargs: Any) -> None:
     """Fine-tune a model on a task or your own files; writes a run directory."""
     from nanoft.commands import train_and_report
 
-    config = config_from_cli(kwargs, config_file)
-    click.echo(train_and_report(config))
+    click.echo(train_and_report(config_from_cli(ctx)))
 
 
 @cli.command("eval")
