@@ -74,7 +74,6 @@ class BottleneckAdapter(nn.Module):
         return f"non_linearity={self.non_linearity}"
 
 
-
 def bottleneck_adapter(base: nn.Linear, o: BottleneckOptions, layer_name: str) -> BottleneckAdapter:
     return BottleneckAdapter(base, o.reduction_factor, o.non_linearity)
 

@@ -10,7 +10,7 @@ W·diag(l) for inputs. The vectors start at one: the model is unchanged at step 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -45,24 +45,22 @@ class IA3Adapter(nn.Module):
         return out * self.ia3_scale.to(out.dtype)  # the plain layer's dtype (bf16 under autocast)
 
     def merge(self, base: nn.Linear) -> None:
-        if self.scale_input:
-            base.weight.mul_(self.ia3_scale[None, :])
-            return
-        base.weight.mul_(self.ia3_scale[:, None])
-        if base.bias is not None:
-            base.bias.mul_(self.ia3_scale)
+        self._fold(base, torch.Tensor.mul_)
 
     def unmerge(self, base: nn.Linear) -> None:
+        self._fold(base, torch.Tensor.div_)
+
+    def _fold(self, base: nn.Linear, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        """W·diag(l) for a scaled input; diag(l)·W and l ⊙ b for a scaled output (op: mul_ folds, div_ undoes)."""
         if self.scale_input:
-            base.weight.div_(self.ia3_scale[None, :])
+            op(base.weight, self.ia3_scale[None, :])
             return
-        base.weight.div_(self.ia3_scale[:, None])
+        op(base.weight, self.ia3_scale[:, None])
         if base.bias is not None:
-            base.bias.div_(self.ia3_scale)
+            op(base.bias, self.ia3_scale)
 
     def extra_repr(self) -> str:
         return f"{'input' if self.scale_input else 'output'}, size={self.ia3_scale.numel()}"
-
 
 
 def ia3_adapter(base: nn.Linear, o: IA3Options, layer_name: str) -> IA3Adapter:
