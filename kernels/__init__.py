@@ -4,9 +4,9 @@
     out = nanoft.kernels.varlen_attention(q, k, v, cu_seqlens, max_seqlen)   # packed, no padding at all
 
 q, k, v are (batch, heads, seq, head_dim); `key_padding_mask` (batch, seq_k) is True where a key is
-padding. impl="auto" runs the Triton flash-attention kernels on CUDA (fp16/bf16, head_dim 32/64/128,
-right-padded masks) and torch's scaled_dot_product_attention everywhere else. Triton is imported only
-when its path is taken, so CPU installs without it work.
+padding. impl="auto" runs the Triton flash-attention kernels where `triton_eligible` holds (CUDA,
+fp16/bf16, head_dim 32/64/128, right-padded masks) and torch's scaled_dot_product_attention everywhere
+else. Triton is imported only when its path is taken, so CPU installs without it work.
 
 Environment: TRITON_INTERPRET=1 (set before the first Triton call) runs the kernels on CPU through the
 Triton interpreter, in fp32/fp64, for tests; NANOFT_TRITON_AUTOTUNE=0 uses one block config per kernel
@@ -15,22 +15,17 @@ instead of autotuning (fast compiles).
 from __future__ import annotations
 
 import importlib.util
-import logging
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from nanoft.errors import ConfigError
-from nanoft.kernels.checks import (TRITON_DTYPES, TRITON_HEAD_DIMS, check_common, check_cu_seqlens,
-                                   check_padded, check_triton, right_padded_lengths)
-from nanoft.kernels.reference import allowed_mask, reference_attention
+from nanoft.kernels.checks import (PACKED_LAYOUT, TRITON_DTYPES, TRITON_HEAD_DIMS, check_call, check_cu_seqlens,
+                                   check_inputs, check_tensors, check_triton, is_right_padded, key_lengths)
+from nanoft.kernels.reference import allowed_mask, default_scale, reference_attention
 
 __all__ = ["attention", "varlen_attention", "dropout_keep_mask", "reference_attention", "allowed_mask",
-           "triton_available"]
-
-log = logging.getLogger(__name__)
+           "triton_available", "triton_eligible", "check_inputs", "default_scale"]
 
 
 def triton_available() -> bool:
@@ -38,16 +33,22 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def triton_eligible(q: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None, *,
+                    v: Optional[torch.Tensor] = None) -> bool:
+    """Whether the fused Triton kernels compute this attention exactly: what impl="auto" takes them for.
+
+    CUDA, fp16/bf16, head_dim 32/64/128 (v's too, when given), triton installed, and no key_padding_mask
+    or a right-padded one. Only the mask test reads data (a sync on CUDA), and only when the rest holds.
+    """
+    value_dim = q.shape[-1] if v is None else v.shape[-1]
+    return (q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS and value_dim == q.shape[-1]
+            and triton_available() and (key_padding_mask is None or is_right_padded(key_padding_mask)))
+
+
 def _flash():
     """The Triton kernels module, imported on first use."""
     from nanoft.kernels import flash
     return flash
-
-
-def _triton_fits(q: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether impl="auto" takes the Triton kernels: CUDA, fp16/bf16, a supported head_dim, triton installed."""
-    return (q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS
-            and v.shape[-1] == q.shape[-1] and triton_available())
 
 
 def _draw_seed(dropout_p: float, dropout_seed: Optional[int]) -> int:
@@ -76,41 +77,36 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: O
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None,
               window: Optional[int] = None, dropout_p: float = 0.0, causal: bool = False,
               scale: Optional[float] = None, impl: str = "auto", *, num_global: int = 0,
-              dropout_seed: Optional[int] = None) -> torch.Tensor:
+              dropout_seed: Optional[int] = None, validate: bool = True) -> torch.Tensor:
     """Scaled dot-product attention, (batch, heads, seq_q, d) x (batch, heads, seq_k, d) -> (batch, heads, seq_q, d).
 
     key_padding_mask: (batch, seq_k) bool, True = padding. window: w keeps keys with |i - j| <= w.
     num_global: with a window, the first num_global positions attend to all and are attended by all.
     causal: key j <= query i. scale: defaults to 1/sqrt(head_dim). impl: auto | triton | sdpa | reference.
     dropout_seed: seed of the Triton kernels' counter-based dropout (default: drawn from torch's RNG).
+    validate=False: the caller has checked these inputs already (with `check_inputs`, and for impl="triton"
+    with `triton_eligible`), as the `nanoft.attention` modules do, so a call is checked once.
     Query rows with no allowed key give zeros (triton) or NaN (reference).
     """
-    check_common(q, k, v, ndim=4, layout="(batch, heads, seq, head_dim)", window=window, num_global=num_global,
-                 dropout_p=dropout_p, scale=scale, impl=impl)
-    check_padded(q, k, v, key_padding_mask)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if validate:
+        check_call(window=window, num_global=num_global, dropout_p=dropout_p, scale=scale, impl=impl)
+        check_inputs(q, k, v, key_padding_mask)
+    scale = default_scale(q.shape[-1], scale)
     if key_padding_mask is not None:
         key_padding_mask = key_padding_mask.to(q.device)
 
-    auto = impl == "auto"
-    if auto:
-        impl = "triton" if _triton_fits(q, v) else "sdpa"
+    if impl == "auto":
+        impl = "triton" if triton_eligible(q, key_padding_mask, v=v) else "sdpa"
+    elif impl == "triton" and validate:
+        check_triton(q, v, key_padding_mask, _flash().INTERPRET)
     if impl == "reference":
         return reference_attention(q, k, v, key_padding_mask, window, dropout_p, causal, scale,
                                    num_global=num_global)
     if impl == "triton":
-        flash = _flash()
-        check_triton(q, v, flash.INTERPRET)
-        seqlens = None if key_padding_mask is None else right_padded_lengths(key_padding_mask)
-        if key_padding_mask is not None and seqlens is None:
-            if not auto:
-                raise ConfigError("the Triton kernels need right-padded key_padding_mask rows (real tokens "
-                                  "first, then padding)", fix="pad on the right, or use impl='sdpa'")
-            log.debug("key_padding_mask is not right-padded: attention runs on SDPA instead of Triton")
-        else:
-            return flash.flash_attention(q, k, v, seqlens=seqlens, window=window, num_global=num_global,
-                                         dropout_p=dropout_p, causal=causal, scale=scale,
-                                         seed=_draw_seed(dropout_p, dropout_seed))
+        seqlens = None if key_padding_mask is None else key_lengths(key_padding_mask)
+        return _flash().flash_attention(q, k, v, seqlens=seqlens, window=window, num_global=num_global,
+                                        dropout_p=dropout_p, causal=causal, scale=scale,
+                                        seed=_draw_seed(dropout_p, dropout_seed))
     return _sdpa(q, k, v, key_padding_mask, window, num_global, dropout_p, causal, scale)
 
 
@@ -123,25 +119,26 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
 
     impl="triton" (auto on CUDA) runs one kernel over all sequences; sdpa/reference loop over them.
     """
-    check_common(q, k, v, ndim=3, layout="(total_tokens, heads, head_dim)", window=window, num_global=num_global,
-                 dropout_p=dropout_p, scale=scale, impl=impl)
+    check_call(window=window, num_global=num_global, dropout_p=dropout_p, scale=scale, impl=impl)
+    check_tensors(q, k, v, ndim=3, layout=PACKED_LAYOUT)
     check_cu_seqlens(q, k, v, cu_seqlens, max_seqlen)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = default_scale(q.shape[-1], scale)
     if impl == "auto":
-        impl = "triton" if _triton_fits(q, v) else "sdpa"
+        impl = "triton" if triton_eligible(q, v=v) else "sdpa"
+    elif impl == "triton":
+        check_triton(q, v, None, _flash().INTERPRET)
     if impl == "triton":
-        flash = _flash()
-        check_triton(q, v, flash.INTERPRET)
-        return flash.flash_varlen_attention(q, k, v, cu_seqlens.to(device=q.device, dtype=torch.int32),
-                                            max_seqlen, window=window, num_global=num_global, dropout_p=dropout_p,
-                                            causal=causal, scale=scale, seed=_draw_seed(dropout_p, dropout_seed))
+        return _flash().flash_varlen_attention(q, k, v, cu_seqlens.to(device=q.device, dtype=torch.int32),
+                                               max_seqlen, window=window, num_global=num_global,
+                                               dropout_p=dropout_p, causal=causal, scale=scale,
+                                               seed=_draw_seed(dropout_p, dropout_seed))
     outs = []
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
         # one sequence at a time: (len, heads, d) -> (1, heads, len, d)
         qs, ks, vs = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
         out = attention(qs, ks, vs, window=window, dropout_p=dropout_p, causal=causal, scale=scale, impl=impl,
-                        num_global=num_global)
+                        num_global=num_global, validate=False)
         outs.append(out[0].transpose(0, 1))  # (len, heads, d)
     return torch.cat(outs, dim=0)
 

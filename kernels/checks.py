@@ -13,12 +13,31 @@ TRITON_HEAD_DIMS = (32, 64, 128)
 TRITON_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def check_common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ndim: int, layout: str,
-                 window: Optional[int], num_global: int, dropout_p: float, scale: Optional[float],
-                 impl: str) -> None:
-    """Checks shared by the padded and the packed (varlen) entry points."""
+PADDED_LAYOUT = "(batch, heads, seq, head_dim)"
+PACKED_LAYOUT = "(total_tokens, heads, head_dim)"
+
+
+def check_call(*, window: Optional[int], num_global: int, dropout_p: float, scale: Optional[float],
+               impl: str) -> None:
+    """The non-tensor arguments of both entry points."""
     if impl not in IMPLS:
         raise ConfigError(f"unknown attention impl {impl!r}", fix=f"use one of {', '.join(IMPLS)}")
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 0):
+        raise ConfigError(f"window must be a non-negative int (keys on each side), got {window!r}",
+                          fix="pass window=None for full attention")
+    if not isinstance(num_global, int) or num_global < 0:
+        raise ConfigError(f"num_global must be a non-negative int, got {num_global!r}", fix="pass 0 for none")
+    if num_global > 0 and window is None:
+        raise ConfigError("num_global needs a sliding window (without one every token already attends to all)",
+                          fix="pass window=w or num_global=0")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ConfigError(f"dropout_p must be in [0, 1), got {dropout_p}", fix="pass a probability below 1")
+    if scale is not None and not scale > 0:
+        raise ConfigError(f"scale must be positive, got {scale}", fix="pass None for 1/sqrt(head_dim)")
+
+
+def check_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ndim: int, layout: str) -> None:
+    """q, k, v are floating tensors of one dtype, on one device, with `ndim` dims and one head_dim for q and k."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ConfigError(f"attention argument {name} is a {type(t).__name__}, not a tensor",
@@ -36,18 +55,16 @@ def check_common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ndim: int
                           fix="move them to one device")
     if q.shape[-1] != k.shape[-1]:
         raise ConfigError(f"q head_dim {q.shape[-1]} != k head_dim {k.shape[-1]}", fix="project q and k to one size")
-    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 0):
-        raise ConfigError(f"window must be a non-negative int (keys on each side), got {window!r}",
-                          fix="pass window=None for full attention")
-    if not isinstance(num_global, int) or num_global < 0:
-        raise ConfigError(f"num_global must be a non-negative int, got {num_global!r}", fix="pass 0 for none")
-    if num_global > 0 and window is None:
-        raise ConfigError("num_global needs a sliding window (without one every token already attends to all)",
-                          fix="pass window=w or num_global=0")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ConfigError(f"dropout_p must be in [0, 1), got {dropout_p}", fix="pass a probability below 1")
-    if scale is not None and not scale > 0:
-        raise ConfigError(f"scale must be positive, got {scale}", fix="pass None for 1/sqrt(head_dim)")
+
+
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 key_padding_mask: Optional[torch.Tensor] = None) -> None:
+    """All tensor checks of the padded layout, (batch, heads, seq, head_dim) plus a (batch, seq_k) bool mask.
+
+    `nanoft.attention` modules run this once per call and then call `attention(..., validate=False)`.
+    """
+    check_tensors(q, k, v, ndim=4, layout=PADDED_LAYOUT)
+    check_padded(q, k, v, key_padding_mask)
 
 
 def check_padded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -65,9 +82,10 @@ def check_padded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               f"(batch, seq_k) = {(k.shape[0], k.shape[2])}", fix="pass one row per sequence")
 
 
-def check_triton(q: torch.Tensor, v: torch.Tensor, interpret: bool) -> None:
+def check_triton(q: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
+                 interpret: bool) -> None:
     """What the Triton kernels support: CUDA (or the interpreter, which also takes fp32/fp64), fp16/bf16,
-    head_dim 32/64/128."""
+    head_dim 32/64/128, and a right-padded key_padding_mask."""
     if not (q.is_cuda or interpret):
         raise ConfigError(f"impl='triton' needs CUDA tensors, got device {q.device}",
                           fix="move q, k, v to CUDA, set TRITON_INTERPRET=1 for the CPU interpreter, "
@@ -79,18 +97,23 @@ def check_triton(q: torch.Tensor, v: torch.Tensor, interpret: bool) -> None:
     if q.shape[-1] not in TRITON_HEAD_DIMS or v.shape[-1] != q.shape[-1]:
         raise ConfigError(f"impl='triton' supports head_dim {TRITON_HEAD_DIMS} (same for q, k, v), "
                           f"got {q.shape[-1]} / {v.shape[-1]}", fix="use impl='sdpa' for other sizes")
+    if key_padding_mask is not None and not is_right_padded(key_padding_mask):
+        raise ConfigError("the Triton kernels need right-padded key_padding_mask rows (real tokens "
+                          "first, then padding)", fix="pad on the right, or use impl='sdpa'")
 
 
-def right_padded_lengths(key_padding_mask: torch.Tensor) -> Optional[torch.Tensor]:
-    """Per-sequence key lengths (int32) if every row is real tokens then padding, else None.
+def is_right_padded(key_padding_mask: torch.Tensor) -> bool:
+    """Whether every row is real tokens, then padding (no row goes from padding back to a real token).
 
-    The kernels take lengths rather than a mask, so they can skip whole padded blocks; that is
-    exact only when the real tokens form a prefix of each row, i.e. no row goes from padding back
-    to a real token.
+    The kernels take per-sequence key lengths rather than a mask, so they can skip whole padded blocks;
+    that is exact only for such masks. Reading the answer waits for the mask's device (a sync on CUDA).
     """
-    if bool((key_padding_mask[:, :-1] & ~key_padding_mask[:, 1:]).any()):
-        return None
-    return (~key_padding_mask).sum(dim=1, dtype=torch.int32)  # (batch,)
+    return not bool((key_padding_mask[:, :-1] & ~key_padding_mask[:, 1:]).any())
+
+
+def key_lengths(key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """(batch,) int32 real keys per row: the kernels' form of a right-padded mask."""
+    return (~key_padding_mask).sum(dim=1, dtype=torch.int32)
 
 
 def check_cu_seqlens(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,

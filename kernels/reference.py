@@ -14,6 +14,11 @@ import torch
 import torch.nn.functional as F
 
 
+def default_scale(head_dim: int, scale: Optional[float] = None) -> float:
+    """The softmax temperature: 1/sqrt(head_dim) unless given."""
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
 def allowed_mask(seq_q: int, seq_k: int, *, key_padding_mask: Optional[torch.Tensor] = None,
                  window: Optional[int] = None, num_global: int = 0, causal: bool = False,
                  device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
@@ -48,7 +53,7 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     own dropout so a test can apply exactly the mask a kernel drew; kept probabilities are scaled by
     1 / (1 - dropout_p). Query rows with no allowed key produce NaN, as a softmax over nothing does.
     """
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = default_scale(q.shape[-1], scale)
     scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (batch, heads, seq_q, seq_k)
     keep = allowed_mask(q.shape[-2], k.shape[-2], key_padding_mask=key_padding_mask, window=window,
                         num_global=num_global, causal=causal, device=q.device)

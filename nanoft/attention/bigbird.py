@@ -14,28 +14,27 @@ of the same layout.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from nanoft.attention.base import (attention_dropout, check_inputs, check_length, default_scale,
-                                   dense_masked_attention, key_is_valid, make_generator, masked_softmax, require)
+from nanoft.attention.base import (SparseAttentionCore, dense_masked_attention, key_is_valid, make_generator,
+                                   require, softmax_attention)
 
 
 @dataclass
 class BigBirdOptions:
-    """block_size: tokens per block; num_window_blocks: odd, the block and (num-1)/2 each side;
-    num_global_blocks: blocks at the start with global attention; num_random_blocks: random key
-    blocks per query block; seed: None uses torch's global generator for the layout."""
+    """BigBird's options."""
 
-    block_size: int = 64
-    num_window_blocks: int = 3
-    num_global_blocks: int = 1
-    num_random_blocks: int = 3
-    seed: Optional[int] = None
+    block_size: int = field(default=64, metadata={"help": "tokens per block"})
+    num_window_blocks: int = field(default=3, metadata={
+        "help": "odd: a query block sees its own block and (num - 1) / 2 blocks on each side"})
+    num_global_blocks: int = field(default=1, metadata={"help": "blocks at the start with global attention"})
+    num_random_blocks: int = field(default=3, metadata={"help": "random key blocks per query block"})
+    seed: Optional[int] = field(default=None, metadata={"help": "seed of the random layout (None: torch's global RNG)"})
 
     def __post_init__(self) -> None:
         require(isinstance(self.block_size, int) and self.block_size > 0, "bigbird",
@@ -50,23 +49,15 @@ class BigBirdOptions:
                     f"pass e.g. {name}=1")
 
 
-class BigBirdAttention(nn.Module):
+class BigBirdAttention(SparseAttentionCore):
     """Block-sparse attention: global, sliding-window and random key blocks per query block."""
 
     Options = BigBirdOptions
 
     def __init__(self, num_heads: int, head_dim: int, max_length: int, dropout: float = 0.0,
-                 scale: Optional[float] = None, *, block_size: int = 64, num_window_blocks: int = 3,
-                 num_global_blocks: int = 1, num_random_blocks: int = 3, seed: Optional[int] = None) -> None:
-        super().__init__()
-        self.options = BigBirdOptions(block_size=block_size, num_window_blocks=num_window_blocks,
-                                      num_global_blocks=num_global_blocks,
-                                      num_random_blocks=num_random_blocks, seed=seed)
-        self.num_heads, self.head_dim, self.max_length = num_heads, head_dim, max_length
-        self.dropout = dropout
-        self.scale = default_scale(head_dim, scale)
-        self.always_sparse = False  # True: never the dense form for short inputs (tests, memory studies)
-        max_blocks = -(-max_length // block_size)
+                 scale: Optional[float] = None, options: Optional[BigBirdOptions] = None, **overrides: Any) -> None:
+        super().__init__(num_heads, head_dim, max_length, dropout, scale, options, **overrides)
+        max_blocks = -(-max_length // self.options.block_size)
         # (heads, query block, key block): a random permutation of priorities per row.
         self.register_buffer("random_priority", torch.empty(num_heads, max_blocks, max_blocks, dtype=torch.long))
         self.reset_parameters()
@@ -107,9 +98,9 @@ class BigBirdAttention(nn.Module):
         return idx, ok  # (heads, queries, slots)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        check_inputs(q, k, v, key_padding_mask, self.num_heads)
+        self.check_inputs(q, k, v, key_padding_mask)
         batch, heads, n, dim = q.shape
-        check_length("bigbird", n, self.max_length)
+        self.check_length(n)
         bs = self.options.block_size
         blocks = -(-n // bs)
         n_pad = blocks * bs
@@ -118,12 +109,12 @@ class BigBirdAttention(nn.Module):
         q = q * self.scale  # scaling q (n x d) is cheaper than scaling scores, forward and backward
         q, k, v = (F.pad(t, (0, 0, 0, n_pad - n)) for t in (q, k, v))  # (batch, heads, n_pad, dim)
 
-        if g == blocks:
+        if g == blocks:  # every query block is global
             return self._global_queries(q, k, v, valid)[:, :, :n]
         idx, ok = self.layout(blocks)  # (heads, queries, slots)
         queries, slots = idx.shape[1:]
-        if not self.always_sparse and n_pad * n_pad <= queries * bs * slots * bs + g * bs * n_pad:  # dense no larger
-            return self._dense(q, k, v, valid, idx, ok, g)[:, :, :n]
+        if self.prefers_dense(n_pad * n_pad, queries * bs * slots * bs + g * bs * n_pad):  # n x n vs gathered blocks
+            return self._dense(q, k, v, valid, self._pattern(idx, ok, g, blocks).to(q.device))[:, :, :n]
         out_global = self._global_queries(q[:, :, : g * bs], k, v, valid)  # (batch, heads, g * bs, dim)
         head = torch.arange(heads, device=q.device)[:, None, None]
         k_sel = k.view(batch, heads, blocks, bs, dim)[:, head, idx]  # (batch, heads, queries, slots, bs, dim)
@@ -135,9 +126,8 @@ class BigBirdAttention(nn.Module):
 
         q_blocks = q[:, :, g * bs:].reshape(batch, heads, queries, bs, dim)
         scores = q_blocks @ k_sel.transpose(-2, -1)  # (batch, heads, queries, bs, slots * bs)
-        probs = masked_softmax(scores, key_ok)
-        probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
-        out_sparse = (probs @ v_sel).reshape(batch, heads, queries * bs, dim)
+        out_sparse = softmax_attention(scores, key_ok, v_sel, self.dropout, self.training)
+        out_sparse = out_sparse.reshape(batch, heads, queries * bs, dim)
         return torch.cat([out_global, out_sparse], dim=2)[:, :, :n]
 
     def block_mask(self, idx: Tensor, ok: Tensor, g: int, blocks: int) -> Tensor:
@@ -146,24 +136,11 @@ class BigBirdAttention(nn.Module):
         glob_rows = torch.ones(idx.shape[0], g, blocks, dtype=torch.bool, device=idx.device)
         return torch.cat([glob_rows, seen], dim=1)
 
-    def _dense(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, idx: Tensor, ok: Tensor, g: int) -> Tensor:
-        """The block-sparse attention as one masked n_pad x n_pad softmax (short inputs)."""
+    def _pattern(self, idx: Tensor, ok: Tensor, g: int, blocks: int) -> Tensor:
+        """(heads, n_pad, n_pad) bool: the block mask, token by token."""
         bs = self.options.block_size
-        blocks = q.shape[2] // bs
-        mask = self.block_mask(idx, ok, g, blocks).to(q.device)
-        mask = mask.repeat_interleave(bs, dim=1).repeat_interleave(bs, dim=2)  # (heads, n_pad, n_pad)
-        allowed = mask[None] & valid[:, None, None, :]  # (batch, heads, n_pad, n_pad)
-        return dense_masked_attention(q, k, v, allowed, self.dropout, self.training)
+        return self.block_mask(idx, ok, g, blocks).repeat_interleave(bs, dim=1).repeat_interleave(bs, dim=2)
 
     def _global_queries(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor) -> Tensor:
         """Queries (already scaled) of the global blocks attend to every non-padded key."""
-        scores = q @ k.transpose(-2, -1)  # (batch, heads, g * bs, n_pad)
-        probs = masked_softmax(scores, valid[:, None, None, :])
-        probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
-        return probs @ v
-
-    def extra_repr(self) -> str:
-        o = self.options
-        return (f"heads={self.num_heads}, head_dim={self.head_dim}, block_size={o.block_size}, "
-                f"window_blocks={o.num_window_blocks}, global_blocks={o.num_global_blocks}, "
-                f"random_blocks={o.num_random_blocks}, dropout={self.dropout}")
+        return dense_masked_attention(q, k, v, valid[:, None, None, :], self.dropout, self.training)

@@ -18,25 +18,24 @@ padding) is left out of the softmax instead of acting as a zero key.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from nanoft.attention.base import (attention_dropout, check_inputs, check_length, default_scale, masked_softmax,
-                                   require, upcast)
+from nanoft.attention.base import AttentionCore, require, softmax_attention
 
 
 @dataclass
 class LinformerOptions:
-    """k: projected length; share_kv: one projection for keys and values; headwise: one per head;
-    init: "pooling" (segment means, keeps a converted model's attention) or "random" (N(0, 1/k))."""
+    """Linformer's options (see the module docstring for the two inits)."""
 
-    k: int = 256
-    share_kv: bool = False
-    headwise: bool = False
-    init: str = "pooling"
+    k: int = field(default=256, metadata={"help": "projected length: keys and values are mixed into k rows"})
+    share_kv: bool = field(default=False, metadata={"help": "one projection for keys and values"})
+    headwise: bool = field(default=False, metadata={"help": "a projection per head instead of one for all"})
+    init: str = field(default="pooling", metadata={
+        "help": "pooling (segment means, keeps a converted model's attention) or random (N(0, 1/k))"})
 
     def __post_init__(self) -> None:
         require(isinstance(self.k, int) and self.k > 0, "linformer", f"k must be a positive int, got {self.k!r}",
@@ -59,22 +58,18 @@ def segment_means(k: int, length: int) -> Tensor:
     return weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 
-class LinformerAttention(nn.Module):
+class LinformerAttention(AttentionCore):
     """softmax(q (E k)^T * scale) (F v), with E, F learned (k, max_length) projections."""
 
     Options = LinformerOptions
 
     def __init__(self, num_heads: int, head_dim: int, max_length: int, dropout: float = 0.0,
-                 scale: Optional[float] = None, *, k: int = 256, share_kv: bool = False,
-                 headwise: bool = False, init: str = "pooling") -> None:
-        super().__init__()
-        self.options = LinformerOptions(k=k, share_kv=share_kv, headwise=headwise, init=init)
-        self.num_heads, self.head_dim, self.max_length = num_heads, head_dim, max_length
-        self.dropout = dropout
-        self.scale = default_scale(head_dim, scale)
-        groups = num_heads if headwise else 1
-        self.proj_k = nn.Parameter(torch.empty(groups, k, max_length))  # E
-        self.proj_v = None if share_kv else nn.Parameter(torch.empty(groups, k, max_length))  # F
+                 scale: Optional[float] = None, options: Optional[LinformerOptions] = None, **overrides: Any) -> None:
+        super().__init__(num_heads, head_dim, max_length, dropout, scale, options, **overrides)
+        o = self.options
+        groups = num_heads if o.headwise else 1
+        self.proj_k = nn.Parameter(torch.empty(groups, o.k, max_length))  # E
+        self.proj_v = None if o.share_kv else nn.Parameter(torch.empty(groups, o.k, max_length))  # F
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -89,9 +84,9 @@ class LinformerAttention(nn.Module):
                     proj.copy_(segment_means(self.options.k, self.max_length).to(proj))
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        check_inputs(q, k, v, key_padding_mask, self.num_heads)
+        self.check_inputs(q, k, v, key_padding_mask)
         n = k.shape[2]
-        check_length("linformer", n, self.max_length)
+        self.check_length(n)
         if key_padding_mask is not None:  # zero padded rows so they are projected out
             keep = (~key_padding_mask)[:, None, :, None].to(k.dtype)  # (batch, 1, seq, 1)
             k, v = k * keep, v * keep
@@ -100,12 +95,10 @@ class LinformerAttention(nn.Module):
         k_low = proj_k.to(k.dtype) @ k  # (batch, heads, k, head_dim)
         v_low = proj_v.to(v.dtype) @ v  # (batch, heads, k, head_dim)
         scores = (q * self.scale) @ k_low.transpose(-2, -1)  # (batch, heads, seq, k)
-        if self.options.init == "random":  # every row mixes every position
-            probs = torch.softmax(upcast(scores), dim=-1)
-        else:  # a row whose segment holds no real key of this input is no key, whatever its weights became
-            probs = masked_softmax(scores, self._rows_with_real_keys(key_padding_mask, k.shape[0], n, k.device))
-        probs = attention_dropout(probs, self.dropout, self.training)
-        return probs.to(v_low.dtype) @ v_low
+        rows = None  # init=random: every row mixes every position
+        if self.options.init == "pooling":  # a row whose segment holds no real key of this input is no key
+            rows = self._rows_with_real_keys(key_padding_mask, k.shape[0], n, k.device)  # (batch, 1, 1, k)
+        return softmax_attention(scores, rows, v_low, self.dropout, self.training)
 
     def _rows_with_real_keys(self, key_padding_mask: Optional[Tensor], batch: int, n: int,
                              device: torch.device) -> Tensor:
@@ -114,8 +107,3 @@ class LinformerAttention(nn.Module):
         row_of = segment_of(n, self.options.k, self.max_length, device)  # (n,): each position's row
         counts = torch.zeros(batch, self.options.k, device=device).index_add_(1, row_of, real)  # (batch, k)
         return (counts > 0)[:, None, None, :]
-
-    def extra_repr(self) -> str:
-        o = self.options
-        return (f"heads={self.num_heads}, head_dim={self.head_dim}, max_length={self.max_length}, "
-                f"k={o.k}, share_kv={o.share_kv}, headwise={o.headwise}, dropout={self.dropout}")

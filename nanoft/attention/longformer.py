@@ -13,17 +13,16 @@ sliding-window kernel of `nanoft.kernels` computes the same attention without th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from nanoft import kernels
-from nanoft.attention.base import (attention_dropout, check_inputs, default_scale, dense_masked_attention,
-                                   key_is_valid, masked_softmax, require)
-from nanoft.kernels.checks import TRITON_DTYPES, TRITON_HEAD_DIMS, right_padded_lengths
+from nanoft.attention.base import (SparseAttentionCore, dense_masked_attention, key_is_valid, require,
+                                   softmax_attention)
 
 MIN_BLOCK = 32  # tiny windows still score queries in blocks of at least this many
 
@@ -35,10 +34,11 @@ def query_block(window: int, n: int) -> int:
 
 @dataclass
 class LongformerOptions:
-    """window: keys on each side of a query; global_positions: positions with global attention."""
+    """Longformer's options."""
 
-    window: int = 256
-    global_positions: Tuple[int, ...] = (0,)
+    window: int = field(default=256, metadata={"help": "keys on each side of a query"})
+    global_positions: Tuple[int, ...] = field(default=(0,), metadata={
+        "help": "positions with global attention (they see, and are seen by, every token)"})
 
     def __post_init__(self) -> None:
         require(isinstance(self.window, int) and self.window >= 0, "longformer",
@@ -50,69 +50,53 @@ class LongformerOptions:
         self.global_positions = tuple(sorted(set(positions)))
 
 
-class LongformerAttention(nn.Module):
+class LongformerAttention(SparseAttentionCore):
     """Sliding-window attention with global tokens, in O(n * window) memory."""
 
     Options = LongformerOptions
 
-    def __init__(self, num_heads: int, head_dim: int, max_length: int, dropout: float = 0.0,
-                 scale: Optional[float] = None, *, window: int = 256,
-                 global_positions: Tuple[int, ...] = (0,)) -> None:
-        super().__init__()
-        self.options = LongformerOptions(window=window, global_positions=global_positions)
-        self.num_heads, self.head_dim, self.max_length = num_heads, head_dim, max_length
-        self.dropout = dropout
-        self.scale = default_scale(head_dim, scale)
-        self.always_sparse = False  # True: never the dense form for short inputs (tests, memory studies)
-
-    def reset_parameters(self) -> None:
-        """Nothing to initialise (no separate global projections)."""
-
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        check_inputs(q, k, v, key_padding_mask, self.num_heads)
+        self.check_inputs(q, k, v, key_padding_mask)
         batch, heads, n, dim = q.shape
-        valid = key_is_valid(key_padding_mask, batch, n, q.device)  # (batch, seq)
-        glob = torch.tensor([p for p in self.options.global_positions if p < n], dtype=torch.long,
-                            device=q.device)
         w = min(self.options.window, n - 1)
+        glob = [p for p in self.options.global_positions if p < n]
         if self._fused_ok(q, key_padding_mask):
             return self._fused(q, k, v, key_padding_mask, w, len(glob))
+        valid = key_is_valid(key_padding_mask, batch, n, q.device)  # (batch, seq)
+        glob = torch.tensor(glob, dtype=torch.long, device=q.device)
         q = q * self.scale  # scaling q (n x d) is cheaper than scaling scores, forward and backward
         c = query_block(w, n)
-        if not self.always_sparse and n * n <= -(-n // c) * c * (c + 2 * w):  # dense scores no larger than bands
-            return self._dense(q, k, v, valid, glob, w)
+        if self.prefers_dense(n * n, -(-n // c) * c * (c + 2 * w)):  # n x n scores vs the bands
+            return self._dense(q, k, v, valid, self._pattern(n, glob, w))
         out = self._banded(q, k, v, valid, glob, w)
-        if glob.numel() > 0:
-            out = out.index_copy(2, glob, self._global_queries(q, k, v, valid, glob))
+        if glob.numel() > 0:  # global queries attend to every non-padded key
+            out_glob = dense_masked_attention(q[:, :, glob], k, v, valid[:, None, None, :], self.dropout,
+                                              self.training)  # (batch, heads, globals, dim)
+            out = out.index_copy(2, glob, out_glob)
         return out
 
     def _fused_ok(self, q: Tensor, key_padding_mask: Optional[Tensor]) -> bool:
-        """Whether the Triton sliding-window kernel computes exactly this attention.
-
-        It supports global tokens only as a prefix (positions 0..G-1) and needs right-padded masks,
-        CUDA, fp16/bf16 and head_dim 32/64/128; anything else takes the chunked torch path.
-        """
+        """Whether the Triton sliding-window kernel computes exactly this attention: the kernels take these
+        inputs (`kernels.triton_eligible`) and the global tokens are a prefix (positions 0..G-1), the only
+        layout the kernel supports; anything else takes the chunked torch path."""
         positions = self.options.global_positions
-        return (q.is_cuda and q.dtype in TRITON_DTYPES and q.shape[-1] in TRITON_HEAD_DIMS
-                and positions == tuple(range(len(positions)))
-                and kernels.triton_available()
-                and (key_padding_mask is None or right_padded_lengths(key_padding_mask) is not None))
+        return positions == tuple(range(len(positions))) and kernels.triton_eligible(q, key_padding_mask)
 
     def _fused(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], w: int,
                num_global: int) -> Tensor:
         """The same attention through the fused Triton kernel (global tokens = the first num_global)."""
         return kernels.attention(q, k, v, key_padding_mask=key_padding_mask, window=w, num_global=num_global,
-                                 dropout_p=self.dropout if self.training else 0.0, scale=self.scale, impl="triton")
+                                 dropout_p=self.dropout if self.training else 0.0, scale=self.scale, impl="triton",
+                                 validate=False)
 
-    def _dense(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, glob: Tensor, w: int) -> Tensor:
-        """The same attention as _banded + _global_queries as one masked n x n softmax (short inputs)."""
-        n = q.shape[2]
-        pos = torch.arange(n, device=q.device)
-        is_global = torch.zeros(n, dtype=torch.bool, device=q.device)
+    @staticmethod
+    def _pattern(n: int, glob: Tensor, w: int) -> Tensor:
+        """(n, n) bool: may query i see key j? Within the window, or either of them global."""
+        pos = torch.arange(n, device=glob.device)
+        is_global = torch.zeros(n, dtype=torch.bool, device=glob.device)
         is_global[glob] = True
         band = (pos[:, None] - pos[None, :]).abs() <= w  # (n, n)
-        allowed = (band | is_global[:, None] | is_global[None, :]) & valid[:, None, None, :]  # (batch, 1, n, n)
-        return dense_masked_attention(q, k, v, allowed, self.dropout, self.training)
+        return band | is_global[:, None] | is_global[None, :]
 
     def _banded(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, glob: Tensor, w: int) -> Tensor:
         """Every (already scaled) query against its window of non-global keys plus all global keys."""
@@ -143,19 +127,5 @@ class LongformerAttention(nn.Module):
         allowed = torch.cat([band_ok, glob_ok], dim=-1)  # (batch, 1, blocks, c, span + g)
 
         scores = q_blocks @ keys  # (batch, heads, blocks, c, span + g)
-        probs = masked_softmax(scores, allowed)
-        probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
-        out = probs @ values  # (batch, heads, blocks, c, dim)
+        out = softmax_attention(scores, allowed, values, self.dropout, self.training)  # (batch, heads, blocks, c, dim)
         return out.reshape(batch, heads, n_pad, dim)[:, :, :n]  # (batch, heads, seq, dim)
-
-    def _global_queries(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, glob: Tensor) -> Tensor:
-        """Global (already scaled) queries attend to every non-padded key: (batch, heads, globals, dim)."""
-        scores = q[:, :, glob] @ k.transpose(-2, -1)  # (batch, heads, globals, seq)
-        probs = masked_softmax(scores, valid[:, None, None, :])
-        probs = attention_dropout(probs, self.dropout, self.training).to(v.dtype)
-        return probs @ v
-
-    def extra_repr(self) -> str:
-        o = self.options
-        return (f"heads={self.num_heads}, head_dim={self.head_dim}, window={o.window}, "
-                f"global_positions={o.global_positions}, dropout={self.dropout}")

@@ -14,13 +14,13 @@ Padded keys are weighted 0 in both sums, so they contribute nothing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from nanoft.attention.base import check_inputs, default_scale, key_is_valid, make_generator, require, upcast
+from nanoft.attention.base import AttentionCore, key_is_valid, make_generator, require, upcast
 
 FEATURE_EPS = 1e-6  # keeps every feature positive, as in the paper's reference code
 
@@ -37,13 +37,12 @@ def orthogonal_gaussian(num_features: int, dim: int, generator: Optional[torch.G
 
 @dataclass
 class PerformerOptions:
-    """num_features: m random features; kernel: "softmax" (FAVOR+) or "relu"; redraw_interval:
-    training calls between redraws (0: never); seed: None uses torch's global generator."""
+    """Performer's options."""
 
-    num_features: int = 256
-    kernel: str = "softmax"
-    redraw_interval: int = 0
-    seed: Optional[int] = None
+    num_features: int = field(default=256, metadata={"help": "m random features; the error falls like 1/sqrt(m)"})
+    kernel: str = field(default="softmax", metadata={"help": "softmax (FAVOR+) or relu"})
+    redraw_interval: int = field(default=0, metadata={"help": "training calls between feature redraws (0: never)"})
+    seed: Optional[int] = field(default=None, metadata={"help": "seed of the features (None: torch's global RNG)"})
 
     def __post_init__(self) -> None:
         require(isinstance(self.num_features, int) and self.num_features > 0, "performer",
@@ -54,21 +53,15 @@ class PerformerOptions:
                 f"redraw_interval must be an int >= 0, got {self.redraw_interval!r}", "use 0 to never redraw")
 
 
-class PerformerAttention(nn.Module):
+class PerformerAttention(AttentionCore):
     """Linear-time attention with positive orthogonal random features (FAVOR+)."""
 
     Options = PerformerOptions
 
     def __init__(self, num_heads: int, head_dim: int, max_length: int, dropout: float = 0.0,
-                 scale: Optional[float] = None, *, num_features: int = 256, kernel: str = "softmax",
-                 redraw_interval: int = 0, seed: Optional[int] = None) -> None:
-        super().__init__()
-        self.options = PerformerOptions(num_features=num_features, kernel=kernel,
-                                        redraw_interval=redraw_interval, seed=seed)
-        self.num_heads, self.head_dim, self.max_length = num_heads, head_dim, max_length
-        self.dropout = dropout
-        self.scale = default_scale(head_dim, scale)
-        self.register_buffer("features", torch.empty(num_features, head_dim))  # (m, head_dim)
+                 scale: Optional[float] = None, options: Optional[PerformerOptions] = None, **overrides: Any) -> None:
+        super().__init__(num_heads, head_dim, max_length, dropout, scale, options, **overrides)
+        self.register_buffer("features", torch.empty(self.options.num_features, head_dim))  # (m, head_dim)
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))  # training calls so far
         self.reset_parameters()
 
@@ -100,7 +93,7 @@ class PerformerAttention(nn.Module):
         return logits.sub_(top).exp_() + FEATURE_EPS
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        check_inputs(q, k, v, key_padding_mask, self.num_heads)
+        self.check_inputs(q, k, v, key_padding_mask)
         o = self.options
         if self.training and o.redraw_interval > 0:
             calls = int(self.calls)
@@ -122,8 +115,3 @@ class PerformerAttention(nn.Module):
         context = phi_k.transpose(-2, -1) @ (v.to(phi_k.dtype) * weight.transpose(-2, -1))  # (batch, heads, m, dim)
         out = (phi_q @ context) / denom  # (batch, heads, seq_q, head_dim)
         return out.to(q.dtype)
-
-    def extra_repr(self) -> str:
-        o = self.options
-        return (f"heads={self.num_heads}, head_dim={self.head_dim}, num_features={o.num_features}, "
-                f"kernel={o.kernel}, redraw_interval={o.redraw_interval}, dropout={self.dropout}")

@@ -116,12 +116,29 @@ class EncoderLayer(nn.Module):
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
-def build_attention_core(config: ModelConfig, layer_index: int) -> nn.Module:
+def build_attention_core(config: ModelConfig) -> nn.Module:
+    """A new attention module of the kind and options `config` names (one per layer)."""
     from nanoft import attention
 
     return attention.build(config.attention, num_heads=config.num_heads, head_dim=config.head_dim,
                            max_length=config.max_length, dropout=config.attention_dropout,
                            **config.attention_options)
+
+
+def key_padding_mask_of(attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(batch, seq) bool, True at padding, from a 1/0 attention mask; None when there is none to mask.
+
+    A CPU batch without padding drops its mask so that SDPA takes its fastest path; reading a CPU
+    tensor costs nothing. A mask on an accelerator is kept as it is: looking at it would make the
+    host wait for the device on every batch, and every attention kind handles a mask that masks
+    nothing exactly.
+    """
+    if attention_mask is None:
+        return None
+    key_padding_mask = attention_mask == 0
+    if key_padding_mask.device.type == "cpu" and not bool(key_padding_mask.any()):
+        return None
+    return key_padding_mask
 
 
 class Encoder(nn.Module):
@@ -131,15 +148,13 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
-        self.layers = nn.ModuleList(EncoderLayer(config, build_attention_core(config, i))
-                                    for i in range(config.num_layers))
+        self.layers = nn.ModuleList(EncoderLayer(config, build_attention_core(config))
+                                    for _ in range(config.num_layers))
         self.gradient_checkpointing = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        key_padding_mask = None if attention_mask is None else attention_mask == 0  # True = padding
-        if key_padding_mask is not None and not bool(key_padding_mask.any()):
-            key_padding_mask = None  # a full batch needs no mask (and SDPA takes its fastest path)
+        key_padding_mask = key_padding_mask_of(attention_mask)  # (batch, seq), True = padding
         x = self.embeddings(input_ids, token_type_ids)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
