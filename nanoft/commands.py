@@ -80,18 +80,14 @@ def train_and_report(config) -> str:
 # ------------------------------------------------------------------------------ runs and models
 def _run_or_model(path: str) -> Tuple[Path, Optional[Dict[str, Any]]]:
     """(model directory, the run's resolved config or None) for a run directory or a model directory."""
-    from nanoft.train.config import read_toml
+    from nanoft.train.rundir import RunDir
 
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError("run or model directory does not exist", path=str(p))
-    if (p / "config.toml").is_file():
-        config = read_toml(p / "config.toml")
-        for candidate in (p / "best", p / "checkpoint"):
-            if (candidate / "model.safetensors").is_file():
-                return candidate, config
-        raise ConfigError("run has no saved model yet (no best/ or checkpoint/)", path=str(p))
-    return p, None
+    run = RunDir(path)
+    if not run.path.exists():
+        raise ConfigError("run or model directory does not exist", path=str(run.path))
+    if run.is_run():
+        return run.model_dir(), run.read_config()
+    return run.path, None
 
 
 def _tokenizer_for(model_dir: Path, run_config: Optional[Dict[str, Any]]):
@@ -108,9 +104,10 @@ def _task_for(run_config: Optional[Dict[str, Any]], task_name: Optional[str], mo
     if task_name:
         return get_task(task_name)
     if run_config is not None:
-        task_file = model_dir.parent / "task.json"
-        if task_file.is_file():
-            info = json.loads(task_file.read_text(encoding="utf-8"))
+        from nanoft.train.rundir import RunDir
+
+        info = RunDir(model_dir.parent).read_task()
+        if info is not None:
             if isinstance(info.get("task"), dict):
                 return Task.from_dict(info["task"])
         if run_config.get("task"):

@@ -15,7 +15,6 @@ runs and aggregates per experiment: mean ± std (sample std) and max over seeds.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -25,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from nanoft.errors import ConfigError, NanoftError
 from nanoft.tables import render_table
+from nanoft.train.rundir import RESULTS, RunDir, run_dirs
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,12 @@ def run_experiments(path: str, only: Optional[List[str]] = None, seeds: Optional
     for i, run in enumerate(runs, 1):
         out: Path = run["output"]
         tag = f"[{i}/{len(runs)}] {run['name']} seed {run['seed']}"
-        if (out / "results.json").is_file():
+        if RunDir(out).has_results():
             skipped.append(tag)
             log.warning("%s: finished already, skipped", tag)
             continue
         log.warning("%s: running → %s", tag, out)
-        resume = (out / "checkpoint").is_dir()
+        resume = RunDir(out).has_checkpoint()
         try:
             Trainer(run["config"].replace(resume=resume, overwrite=not resume)).fit()
             done.append(tag)
@@ -121,14 +121,14 @@ def collect(runs_dir: str) -> Dict[str, List[Dict[str, Any]]]:
     if not root.is_dir():
         raise ConfigError("runs folder does not exist", path=str(root))
     groups: Dict[str, List[Dict[str, Any]]] = {}
-    for results in sorted(root.rglob("results.json")):
-        run_dir = results.parent
+    for run in run_dirs(root):
+        run_dir = run.path
         group_dir = run_dir.parent if _SEED_DIR.match(run_dir.name) else run_dir
         name = str(group_dir.relative_to(root)) if group_dir != root else root.name
         try:
-            groups.setdefault(name, []).append(json.loads(results.read_text(encoding="utf-8")))
-        except json.JSONDecodeError:
-            log.warning("skipping unreadable %s", results)
+            groups.setdefault(name, []).append(run.read_results())
+        except ConfigError:
+            log.warning("skipping unreadable %s", run / RESULTS)
     return groups
 
 

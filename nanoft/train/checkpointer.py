@@ -9,10 +9,11 @@ crash between them. A disk that fills up mid-save costs the new checkpoint, neve
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -34,12 +35,21 @@ def has_peft(model: nn.Module) -> bool:
     return any(getattr(m, "is_peft_layer", False) for m in model.modules())
 
 
-def _fresh(directory: Path) -> Path:
+@contextlib.contextmanager
+def _staging(directory: Path) -> Iterator[Path]:
+    """A fresh `<directory>.tmp/` to write into; removed again if writing fails with an error (a full disk).
+
+    A crash (SIGKILL, power loss) leaves it behind; the next save clears it and resume ignores it."""
     tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # a partial write from a crashed save
-    tmp.mkdir(parents=True)
-    return tmp
+    with writing(directory):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+        except Exception:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 class Checkpointer:
@@ -53,8 +63,7 @@ class Checkpointer:
     # ------------------------------------------------------------------ export
     def export(self, model: nn.Module, directory: Path) -> None:
         """A loadable model: HF layout (plain), or the adapter file plus a merged HF-layout copy (PEFT)."""
-        with writing(directory):
-            tmp = _fresh(directory)
+        with _staging(directory) as tmp:
             if has_peft(model):
                 from nanoft import peft
 
@@ -70,8 +79,7 @@ class Checkpointer:
     def save(self, model: nn.Module, state: Dict[str, Any]) -> None:
         """Model + tokenizer + trainer state (a tree of numbers, strings and tensors), atomically."""
         final = self.run_dir.checkpoint
-        with writing(final):
-            tmp = _fresh(final)
+        with _staging(final) as tmp:
             if has_peft(model):
                 save_file({n: p for n, p in model.named_parameters() if p.requires_grad}, tmp / TRAINABLE)
             else:
