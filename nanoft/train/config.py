@@ -1,7 +1,8 @@
 """TrainConfig: every option of a run, one dataclass; read from / written to TOML.
 
 The CLI, `nanoft run experiments.toml` and Python callers all fill this same object, so an
-option means the same thing everywhere and a run's `config.toml` replays it exactly.
+option means the same thing everywhere and a run's `config.toml` replays it exactly. Each field's
+metadata holds its `nanoft train --help` section and text; nanoft/cli.py builds the flags from them.
 """
 from __future__ import annotations
 
@@ -42,9 +43,9 @@ def _tasks() -> List[str]:
 
 
 def _attention_kinds() -> List[str]:
-    from nanoft.attention import available
+    from nanoft.attention import names
 
-    return available()
+    return names()
 
 
 def _peft_methods() -> List[str]:
