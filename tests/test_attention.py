@@ -91,6 +91,37 @@ def test_bad_option_values_are_config_errors(kind, options):
         build(kind, num_heads=2, head_dim=8, max_length=16, **options)
 
 
+def test_names_choices_and_option_help_come_from_the_registry():
+    from nanoft.attention import choices, names, option_help
+
+    assert names() == available() == list(choices())
+    assert choices()["longformer"].startswith("Sliding-window attention")
+    for kind in names():  # every option has a help line for `nanoft train --help`
+        assert set(option_help(kind)) == set(options_of(kind)) and all(option_help(kind).values()), kind
+
+
+def test_options_object_and_keywords_build_the_same_module():
+    from nanoft.attention import PerformerOptions
+
+    by_name = build("performer", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, num_features=12, seed=4)
+    by_object = Performer(HEADS, DIM, MAXLEN, options=PerformerOptions(num_features=12, seed=4))
+    overridden = Performer(HEADS, DIM, MAXLEN, options=PerformerOptions(num_features=12, seed=5), seed=4)
+    assert by_name.options == by_object.options == overridden.options
+    assert torch.equal(by_name.features, by_object.features) and torch.equal(by_name.features, overridden.features)
+    with pytest.raises(ConfigError, match="performer attention takes PerformerOptions, got LongformerOptions"):
+        Performer(HEADS, DIM, MAXLEN, options=Longformer.Options())
+    with pytest.raises(ConfigError, match="performer attention.*did you mean 'kernel'"):
+        Performer(HEADS, DIM, MAXLEN, kernal="relu")
+
+
+@pytest.mark.parametrize("kind", ["full", "bigbird"])
+def test_bad_dropout_or_scale_is_config_error_at_build(kind):
+    with pytest.raises(ConfigError, match=rf"{kind} attention: dropout must be in \[0, 1\)"):
+        build(kind, num_heads=2, head_dim=8, max_length=16, dropout=1.0)
+    with pytest.raises(ConfigError, match=rf"{kind} attention: scale must be positive"):
+        build(kind, num_heads=2, head_dim=8, max_length=16, scale=0.0)
+
+
 @pytest.mark.parametrize("kind", available())
 def test_wrong_input_shapes_name_the_expected_layout(kind):
     module = build(kind, num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, **SMALL[kind])

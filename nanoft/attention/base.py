@@ -122,11 +122,11 @@ class AttentionCore(nn.Module):
     def check_inputs(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor]) -> None:
         """Fail early with shapes in the message, instead of deep inside a matmul: once per call (the kernels
         are then called with validate=False)."""
-        if q.dim() != 4 or q.shape[1] != self.num_heads or k.shape != v.shape:
+        kernels.check_inputs(q, k, v, key_padding_mask)  # tensors, dtypes, devices, layout, mask
+        if q.shape[1] != self.num_heads or k.shape != v.shape:
             raise ConfigError(f"attention built for {self.num_heads} heads got q {tuple(q.shape)}, "
                               f"k {tuple(k.shape)}, v {tuple(v.shape)}",
                               fix=f"pass q, k, v as (batch, {self.num_heads}, seq, head_dim) with k and v alike")
-        kernels.check_inputs(q, k, v, key_padding_mask)
 
     def check_length(self, seq: int) -> None:
         """For kinds with per-position parameters or layouts: they cannot go past the length they were built for."""
