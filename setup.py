@@ -17,6 +17,7 @@ setup(
         "nanoft.models",
         "nanoft.attention",
         "nanoft.peft",
+        "nanoft.sparse",
         "nanoft.train",
         "nanoft.data",
         *[f"nanoft.{p}" for p in PARTS],

@@ -28,6 +28,7 @@ SECTIONS = {
     "peft": "Parameter-efficient fine-tuning",
     "optimization": "Optimization",
     "techniques": "Fine-tuning techniques",
+    "sparsity": "Sparsity (pruning)",
     "evaluation": "Evaluation",
     "run": "Run directory and logging",
 }
@@ -85,7 +86,17 @@ def _section(name: str) -> Callable[..., Any]:
 
 
 # Named with a leading underscore: `model` and `peft` are also field names in the class body.
-_data, _model, _peft, _optimization, _techniques, _evaluation, _run = map(_section, SECTIONS)
+_data, _model, _peft, _optimization, _techniques, _sparsity, _evaluation, _run = map(_section, SECTIONS)
+
+
+def _pruning(name: str) -> Any:
+    """A sparsity field whose default, help and choices are those of nanoft.sparse.SparsityOptions (written once)."""
+    from nanoft.sparse.base import SparsityOptions
+
+    f = next(f for f in dataclasses.fields(SparsityOptions) if f.name == name)
+    metadata = dict(f.metadata)
+    factory = None if f.default_factory is dataclasses.MISSING else f.default_factory
+    return _sparsity(None if factory else f.default, metadata.pop("help"), factory=factory, **metadata)
 
 
 @dataclass
@@ -174,6 +185,20 @@ class TrainConfig:
     distill_temperature: float = _techniques(2.0, "Distillation: softmax temperature.")
     child_tuning_p: Optional[float] = _techniques(None, "Child-Tuning-F: keep each gradient entry with probability "
                                                         "p (rescaled by 1/p) at every step, e.g. 0.3.")
+    # ---- sparsity (nanoft.sparse, through the technique nanoft.train.techniques.sparsity)
+    prune: Optional[str] = _sparsity(None, "Prune the encoder: magnitude (one-shot, before training), gradual "
+                                           "(cubic schedule), rigl (sparse training), or N:M such as 2:4.",
+                                     metavar="METHOD")
+    sparsity: Optional[float] = _pruning("sparsity")
+    sparsity_initial: float = _pruning("sparsity_initial")
+    sparsity_distribution: str = _pruning("sparsity_distribution")
+    sparsity_targets: List[str] = _pruning("sparsity_targets")
+    sparsity_embeddings: bool = _pruning("sparsity_embeddings")
+    sparsity_head: bool = _pruning("sparsity_head")
+    prune_start: float = _pruning("prune_start")
+    prune_end: float = _pruning("prune_end")
+    prune_every: int = _pruning("prune_every")
+    rigl_fraction: float = _pruning("rigl_fraction")
     # ---- evaluation
     eval_every: Optional[int] = _evaluation(None, "Evaluate every N steps.", unset="at the end of each epoch")
     eval_batch_size: int = _evaluation(128, "Batch size for evaluation.")
@@ -192,10 +217,17 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "TrainConfig":
+        self.check_data()
+        return self.check_values()
+
+    def check_data(self) -> None:
+        """The data options name exactly one source (a subclass with other sources overrides this)."""
         if not self.task and not self.train_file:
             raise ConfigError("no data given", fix="pass --task NAME or --train-file FILE")
         if self.task and self.train_file:
             raise ConfigError("both --task and --train-file given", fix="use one of them")
+
+    def check_values(self) -> "TrainConfig":
         checks = [
             (self.batch_size >= 1, "batch_size must be ≥ 1"),
             (self.grad_accum >= 1, "grad_accum must be ≥ 1"),
@@ -216,6 +248,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.prune is not None:
+            from nanoft import sparse
+
+            if self.peft:
+                raise ConfigError(f"--prune cannot be combined with --peft {self.peft}",
+                                  fix="prune with full fine-tuning (merging an adapter would fill the zeros back in)")
+            sparse.check(self.prune, sparse.SparsityOptions.from_config(self))
         if self.layerwise_lr_decay is not None and not 0 < self.layerwise_lr_decay <= 1:
             raise ConfigError(f"layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}",
                               fix="typical values are 0.8–0.95")

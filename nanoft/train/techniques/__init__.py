@@ -7,6 +7,7 @@
     distill_from = dir       soft targets from a teacher (distill)                Hinton et al. 2015
     swa_start, swa_every     weight averaging (swa)                               Izmailov et al. 2018
     child_tuning_p = p       update a random child network (childtune)            Xu et al. 2021
+    prune = method           masks: magnitude, gradual, RigL, N:M (sparsity)      Zhu & Gupta 2017, Evci et al. 2020
 
 LR schemes (fixed, per-layer rates, LLRD, Nesterov SGD, cyclic / one-cycle) are not hooks: they live
 in `optim.py` and `schedules.py`. All of these compose with each other and with PEFT: each hook sees
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple
 
+from nanoft.sparse import SparsityOptions
 from nanoft.train.techniques.base import Technique, TrainerView
 from nanoft.train.techniques.childtune import ChildTuning
 from nanoft.train.techniques.distill import Distillation
 from nanoft.train.techniques.rdrop import RDrop
 from nanoft.train.techniques.reinit import ReinitTopLayers
+from nanoft.train.techniques.sparsity import Sparsity
 from nanoft.train.techniques.swa import SWA
 from nanoft.train.techniques.unfreeze import GradualUnfreezing
 
@@ -35,6 +38,7 @@ REGISTRY: List[Tuple[str, Callable[[Any], Optional[Technique]]]] = [
     ("unfreeze", lambda c: GradualUnfreezing(c.unfreeze_every) if c.unfreeze_every is not None else None),
     ("rdrop", lambda c: RDrop(c.rdrop_alpha) if c.rdrop_alpha > 0 else None),
     ("distill", lambda c: Distillation(c.distill_from, c.distill_alpha, c.distill_temperature) if c.distill_from else None),
+    ("sparsity", lambda c: Sparsity(c.prune, SparsityOptions.from_config(c)) if c.prune else None),
     ("swa", lambda c: SWA(c.swa_start, c.swa_every) if c.swa_start is not None else None),
     ("childtune", lambda c: ChildTuning(c.child_tuning_p, c.seed) if c.child_tuning_p is not None else None),
 ]
@@ -47,4 +51,4 @@ def build_techniques(config: Any) -> List[Technique]:
 
 
 __all__ = ["build_techniques", "REGISTRY", "Technique", "TrainerView", "ReinitTopLayers", "GradualUnfreezing",
-           "RDrop", "Distillation", "SWA", "ChildTuning"]
+           "RDrop", "Distillation", "Sparsity", "SWA", "ChildTuning"]

@@ -29,6 +29,7 @@ class TrainerView(Protocol):
     precision: str
     step: int                        # optimizer steps taken so far
     total_steps: int
+    optimizer: Any                   # the torch optimizer (sparsity zeroes the state of pruned weights)
     train_data: Any                  # the encoded training split
     eval_data: Dict[str, Any]        # encoded evaluation splits by name
     run_dir: "RunDir"                # where the run writes (`run_dir / "swa"` is a Path)

@@ -1,0 +1,27 @@
+"""Sparse encoders: masks on the encoder's weights that a training loop keeps applied.
+
+    from nanoft import sparse
+    pruner = sparse.build("gradual", model, sparse.SparsityOptions(sparsity=0.8, prune_every=50))
+    pruner.setup()
+    ...  loss.backward(); pruner.before_optimizer_step(step + 1, total); opt.step(); pruner.after_step(step + 1, total)
+
+    method      module      what
+    magnitude   magnitude   one-shot: smallest |w| pruned before training (per matrix or global)
+    gradual     magnitude   Zhu & Gupta 2017 cubic schedule from s_i to s_f, every Δt steps
+    rigl        rigl        Evci et al. 2020: fixed sparsity, drop by |w|, grow by |grad|, cosine-decayed fraction
+    N:M (2:4)   nm          keep N of every M weights along the input dimension
+
+`nanoft train --prune METHOD` runs the same pruners through the training technique
+`nanoft.train.techniques.sparsity`; `sparsity_report` counts the zeros three ways.
+"""
+from nanoft.sparse.base import DISTRIBUTIONS, Pruner, SparsityOptions, erk_densities, keep_largest, magnitude_masks, select_weights
+from nanoft.sparse.magnitude import GradualMagnitude, OneShotMagnitude, cubic_sparsity
+from nanoft.sparse.nm import NMSparsity, nm_mask
+from nanoft.sparse.registry import build, check, get, names, parse_nm, register, unregister
+from nanoft.sparse.report import sparsity_report
+from nanoft.sparse.rigl import RigL, rigl_fraction, rigl_update
+
+__all__ = ["DISTRIBUTIONS", "Pruner", "SparsityOptions", "erk_densities", "keep_largest", "magnitude_masks",
+           "select_weights", "GradualMagnitude", "OneShotMagnitude", "cubic_sparsity", "NMSparsity", "nm_mask",
+           "build", "check", "get", "names", "parse_nm", "register", "unregister", "sparsity_report", "RigL",
+           "rigl_fraction", "rigl_update"]
