@@ -211,15 +211,20 @@ class Pruner:
             self.apply()
 
     def set_masks(self, masks: Dict[str, torch.Tensor], optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-        """Replace the masks, zero the newly masked weights and the optimizer state of every masked weight."""
+        """Replace the masks; zero the newly masked weights, and the optimizer state of every weight that is
+        masked or newly grown (a grown weight starts afresh)."""
+        survivors = {}
         for name, mask in masks.items():
-            self.masks[name] = mask.to(self.masks[name].device)
+            mask = mask.to(self.masks[name].device)
+            survivors[name] = mask & self.masks[name]
+            self.masks[name] = mask
         self.apply()
         if optimizer is not None:
-            for name, w in self.weights.items():
+            for name, keep in survivors.items():
+                w = self.weights[name]
                 for value in optimizer.state.get(w, {}).values():
                     if isinstance(value, torch.Tensor) and value.shape == w.shape:
-                        value.mul_(self.masks[name])
+                        value.mul_(keep)
 
     @torch.no_grad()
     def apply(self) -> None:
