@@ -28,7 +28,7 @@ SECTIONS = {
     "peft": "Parameter-efficient fine-tuning",
     "optimization": "Optimization",
     "techniques": "Fine-tuning techniques",
-    "sparsity": "Sparsity (pruning)",
+    "sparsity": "Sparsity and pruning",
     "evaluation": "Evaluation",
     "run": "Run directory and logging",
 }
