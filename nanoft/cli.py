@@ -368,6 +368,7 @@ BENCHES = {
     "attention": ("nanoft.bench.attention", "_cli", "Attention kinds: time and peak memory vs sequence length, log-log slopes."),
     "kernels": ("nanoft.bench.attention_kernels", "main", "Fused Triton kernels vs naive, SDPA backends and FlexAttention."),
     "tokenize": ("nanoft.bench.tokenize", "main", "Tokenize + cache time, cold and warm, vs the transformers tokenizer."),
+    "sparse": ("nanoft.bench.sparse", "main", "Pruned encoder forward: dense vs CSR matmuls at 50-95% sparsity; 2:4 on CUDA."),
 }
 
 

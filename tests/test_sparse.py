@@ -346,3 +346,16 @@ def test_targets_choose_the_layers_and_the_head_and_embeddings_are_optional():
     assert "encoder.layers.0.attention.query.weight" in names and "encoder.layers.1.ffn.output.weight" in names
     assert "encoder.layers.0.attention.key.weight" not in names
     assert "encoder.embeddings.word.weight" in names and "head.out.weight" in names
+
+
+def test_bench_csr_model_computes_what_the_dense_pruned_model_does():
+    from nanoft.bench.sparse import CSRLinear, to_csr
+
+    model = tiny_model().eval()
+    pruner = sparse.build("magnitude", model, SparsityOptions(sparsity=0.8))
+    pruner.setup()
+    csr = to_csr(model, [n[:-len(".weight")] for n in pruner.weights])
+    assert sum(isinstance(m, CSRLinear) for m in csr.modules()) == len(pruner.weights)
+    ids = torch.randint(5, 40, (3, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(csr(ids), model(ids), rtol=0, atol=1e-5)
