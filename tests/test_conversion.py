@@ -59,9 +59,47 @@ def test_train_save_resume_with_efficient_attention(kind, tiny_config, tmp_path)
         assert_close(reloaded(ids), full.model(ids), atol=1e-5, rtol=1e-5)
 
 
-def test_lora_with_longformer_trains(tiny_config):
-    trainer = Trainer(tiny_config(attention="longformer", attention_options={"window": 4}, peft="lora",
-                                  peft_options={"r": 4, "alpha": 8}, max_steps=4))
+def test_lora_with_longformer_trains(tiny_config, tiny_task, tmp_path):
+    """LoRA on a Longformer-converted model trains (its logits move), and its adapter (saved here, and the
+    run's best/ export), loaded into a fresh base model with the same attention, gives the trained model's
+    logits and hidden states to 1e-5."""
+    from nanoft import peft
+
+    attention = dict(attention="longformer", attention_options={"window": 4})
+    trainer = Trainer(tiny_config(**attention, peft="lora", peft_options={"r": 4, "alpha": 8}, max_steps=4))
     results = trainer.fit()
     assert results["trainable_parameters"] < results["parameters"] / 2
     assert (trainer.run_dir / "best" / "adapter" / "adapter.safetensors").is_file()
+
+    def fresh_base():
+        return nanoft.load_model(tiny_task["model"], head="classification", num_labels=2, max_length=32,
+                                 **attention).eval()
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 25, (3, 20), generator=g)  # 20 tokens: a window of 4 leaves most keys out
+    mask = torch.ones_like(ids)
+    mask[1, 13:] = 0
+    ids[mask == 0] = 0
+    trained = trainer.model.eval()
+    with torch.no_grad():
+        expected = trained(ids, attention_mask=mask)
+        expected_hidden = trained.encoder(ids, mask)  # (batch, seq, hidden): every position, not just [CLS]
+        before = fresh_base()(ids, attention_mask=mask)
+    assert (expected - before).abs().max() > 1e-3  # training changed the logits
+
+    peft.save_adapter(trained, tmp_path / "adapter")
+    # one evaluation, at the end: the run's own best/ export holds these weights too
+    assert results["best"]["step"] == results["steps"] == 4
+    for directory in (tmp_path / "adapter", trainer.run_dir / "best" / "adapter"):
+        reloaded = peft.load_adapter(fresh_base(), directory).eval()
+        core = reloaded.encoder.layers[0].attention.core
+        assert type(core).__name__.lower().startswith("longformer")
+        with torch.no_grad():
+            assert_close(reloaded(ids, attention_mask=mask), expected, atol=1e-5, rtol=1e-5)
+            assert_close(reloaded.encoder(ids, mask), expected_hidden, atol=1e-5, rtol=1e-5)
+    # The hidden states see the attention kind: the same adapter on a full-attention base gives others.
+    # (The logits hardly do: [CLS] is a global token, and this tiny model's attention is nearly uniform.)
+    full = nanoft.load_model(tiny_task["model"], head="classification", num_labels=2, max_length=32).eval()
+    with torch.no_grad():
+        other = peft.load_adapter(full, tmp_path / "adapter").encoder(ids, mask)
+    assert (other - expected_hidden).abs().max() > 1e-3

@@ -109,6 +109,82 @@ def test_sliding_window_causal():
                     lambda *t: reference_attention(*t, **kw), q, k, v)
 
 
+# Hand-written masks (True = query row may attend to key column), independent of `allowed_mask`.
+# n=6, window 1, position 0 global: row 0 sees everything, column 0 is seen by every row, else |i - j| <= 1.
+WINDOW1_GLOBAL1 = torch.tensor([
+    [1, 1, 1, 1, 1, 1],
+    [1, 1, 1, 0, 0, 0],
+    [1, 1, 1, 1, 0, 0],
+    [1, 0, 1, 1, 1, 0],
+    [1, 0, 0, 1, 1, 1],
+    [1, 0, 0, 0, 1, 1],
+], dtype=torch.bool)
+# The same with key 5 padding (sequence length 5): column 5 is hidden from every row.
+WINDOW1_GLOBAL1_LEN5 = torch.tensor([
+    [1, 1, 1, 1, 1, 0],
+    [1, 1, 1, 0, 0, 0],
+    [1, 1, 1, 1, 0, 0],
+    [1, 0, 1, 1, 1, 0],
+    [1, 0, 0, 1, 1, 0],
+    [1, 0, 0, 0, 1, 0],
+], dtype=torch.bool)
+# n=6, window 2, causal, no global token: keys i-2 .. i.
+WINDOW2_CAUSAL = torch.tensor([
+    [1, 0, 0, 0, 0, 0],
+    [1, 1, 0, 0, 0, 0],
+    [1, 1, 1, 0, 0, 0],
+    [0, 1, 1, 1, 0, 0],
+    [0, 0, 1, 1, 1, 0],
+    [0, 0, 0, 1, 1, 1],
+], dtype=torch.bool)
+LITERAL_CASES = [(dict(window=1, num_global=1), None, WINDOW1_GLOBAL1),
+                 (dict(window=1, num_global=1), 5, WINDOW1_GLOBAL1_LEN5),
+                 (dict(window=2, causal=True), None, WINDOW2_CAUSAL)]
+
+
+def _naive_masked(q, k, v, allowed):
+    """softmax(q k^T / sqrt(d), over allowed keys) v, written out (allowed: (seq_q, seq_k) bool)."""
+    scores = (q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5  # (batch, heads, seq_q, seq_k)
+    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ v
+
+
+@pytest.mark.parametrize("kw,length,literal", LITERAL_CASES)
+def test_allowed_mask_equals_hand_written_matrix(kw, length, literal):
+    padding = None if length is None else _padding([length], 6)
+    got = kernels.allowed_mask(6, 6, key_padding_mask=padding, **kw)
+    assert got.shape == ((6, 6) if padding is None else (1, 1, 6, 6))
+    assert torch.equal(got.reshape(6, 6), literal)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "reference", pytest.param("triton", marks=needs_interpreter)])
+@pytest.mark.parametrize("kw,length,literal", LITERAL_CASES)
+def test_window_attention_equals_naive_softmax_with_hand_written_mask(impl, kw, length, literal):
+    """Output and dq/dk/dv of each path equal the naive masked softmax with the literal matrix."""
+    q, k, v = _qkv(1, 2, 6, 32, seed=7)
+    padding = None if length is None else _padding([length], 6)
+    _assert_matches(lambda *t: kernels.attention(*t, key_padding_mask=padding, impl=impl, **kw),
+                    lambda *t: _naive_masked(*t, literal), q, k, v)
+
+
+@needs_interpreter
+def test_window_kernel_across_blocks_equals_mask_written_per_row():
+    """n=40 (three 16-wide tiles, so tiles are skipped), window 3, 2 global tokens, length 37: the mask is
+    written row by row as sets of visible keys, not by `allowed_mask`."""
+    n, w, num_global, length = 40, 3, 2, 37
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        visible = set(range(length)) if i < num_global else set(range(num_global)) | set(range(i - w, i + w + 1))
+        for j in visible:
+            if 0 <= j < length:
+                allowed[i, j] = True
+    assert allowed[20].nonzero().flatten().tolist() == [0, 1, 17, 18, 19, 20, 21, 22, 23]
+    assert allowed[0].sum() == 37 and allowed[39].nonzero().flatten().tolist() == [0, 1, 36]
+    q, k, v = _qkv(1, 2, n, 32, seed=8)
+    _assert_matches(lambda *t: kernels.attention(*t, key_padding_mask=_padding([length], n), window=w,
+                                                 num_global=num_global, impl="triton"),
+                    lambda *t: _naive_masked(*t, allowed), q, k, v)
+
+
 @needs_interpreter
 def test_non_contiguous_inputs():
     """q, k, v as the model makes them: (batch, seq, heads, d) viewed as (batch, heads, seq, d)."""
