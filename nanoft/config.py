@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -54,6 +55,7 @@ class ModelConfig:
         if self.family not in FAMILIES:
             raise CheckpointError(f"unknown model family {self.family!r}",
                                   fix=f"use one of {', '.join(FAMILIES)}")
+        _check_values(self)
         if self.hidden_size % self.num_heads:
             raise CheckpointError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.activation not in ACTIVATIONS:
@@ -110,7 +112,8 @@ class ModelConfig:
         nanoft_extra = cfg.extra.pop("nanoft", None)
         if isinstance(nanoft_extra, dict):
             cfg.attention = nanoft_extra.get("attention", "full")
-            cfg.attention_options = dict(nanoft_extra.get("attention_options", {}))
+            options = nanoft_extra.get("attention_options", {})
+            cfg.attention_options = dict(options) if isinstance(options, dict) else options  # checked by from_file
         return cfg
 
     def to_hf(self) -> Dict[str, Any]:
@@ -147,13 +150,61 @@ class ModelConfig:
                                   fix="point to a Hugging Face model directory with config.json + model.safetensors")
         try:
             hf = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             line = getattr(e, "lineno", None)
             raise CheckpointError(f"config.json is not valid JSON ({e.__class__.__name__})", path=str(path),
                                   line=line, fix="repair or re-export the checkpoint") from None
         if not isinstance(hf, dict):
             raise CheckpointError("config.json must hold a JSON object", path=str(path))
-        return cls.from_hf(hf, path=str(path))
+        try:
+            config = cls.from_hf(hf, path=str(path))
+            _check_loaded(config)
+        except CheckpointError as e:
+            if e.path is not None:
+                raise
+            raise CheckpointError(e.message, path=str(path), fix=e.fix) from None
+        return config
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+MIN_SIZES = {"vocab_size": 1, "hidden_size": 1, "num_layers": 1, "num_heads": 1, "intermediate_size": 1,
+            "max_position_embeddings": 1, "type_vocab_size": 0, "pad_token_id": 0, "position_offset": 0}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_values(config: ModelConfig) -> None:
+    """Sizes are integers, rates probabilities: a bad config.json value is one error here, not a crash in torch."""
+    fix = "repair the value in config.json"
+    for name, low in MIN_SIZES.items():
+        value = getattr(config, name)
+        if not _is_int(value) or value < low:
+            raise CheckpointError(f"{name} must be an integer >= {low}, got {value!r}", fix=fix)
+    if config.pad_token_id >= config.vocab_size:
+        raise CheckpointError(f"pad_token_id {config.pad_token_id} is outside the vocabulary of {config.vocab_size}",
+                              fix=fix)
+    for name in ("hidden_dropout", "attention_dropout", "classifier_dropout"):
+        value = getattr(config, name)
+        if not (value is None and name == "classifier_dropout") and not (
+                isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1):
+            raise CheckpointError(f"{name} must be a probability in [0, 1), got {value!r}", fix=fix)
+    eps = config.layer_norm_eps
+    if not (isinstance(eps, numbers.Real) and not isinstance(eps, bool) and 0 < eps < 1):
+        raise CheckpointError(f"layer_norm_eps must be a small positive number, got {eps!r}", fix=fix)
+
+
+def _check_loaded(config: ModelConfig) -> None:
+    """What loading reads from config.json beyond the sizes: the nanoft block, num_labels and id2label."""
+    fix = "repair the value in config.json"
+    if not isinstance(config.attention, str) or not isinstance(config.attention_options, dict):
+        raise CheckpointError(f"nanoft.attention must be a name and nanoft.attention_options an object, got "
+                              f"{config.attention!r} and {config.attention_options!r}", fix=fix)
+    num_labels, id2label = config.extra.get("num_labels"), config.extra.get("id2label")
+    if num_labels is not None and not (_is_int(num_labels) and num_labels >= 1):
+        raise CheckpointError(f"num_labels must be an integer >= 1, got {num_labels!r}", fix=fix)
+    if id2label is not None and not isinstance(id2label, dict):
+        raise CheckpointError(f"id2label must be an object, got {id2label!r}", fix=fix)

@@ -25,7 +25,7 @@ def _columns(columns: Union[Column, Sequence[Column]], has_header: bool) -> tupl
     for c in columns:
         if not has_header:
             if not (isinstance(c, int) or (isinstance(c, str) and c.strip().isdigit())):
-                raise ConfigError(f"column '{c}' is a name but --no-header files have no names",
+                raise ConfigError(f"column {c!r} is a name but --no-header files have no names",
                                   fix="give columns as 0-based positions, e.g. --text-column 0 --label-column 1")
             c = int(c)
         out.append(c)

@@ -53,11 +53,11 @@ class Table:
                                 path=self.path, fix="pick a column index in that range")
             return index
         if self.header is None:
-            raise DataError(f"column '{column}' asked by name but the file is read without a header",
+            raise DataError(f"column {column!r} asked by name but the file is read without a header",
                             path=self.path, fix="use integer column positions with --no-header")
         if column not in self.header:
             found = ", ".join(repr(c) for c in self.header)
-            raise DataError(f"no column '{column}'; columns found: {found}", path=self.path,
+            raise DataError(f"no column {column!r}; columns found: {found}", path=self.path,
                             line=self.header_line, fix="pass one of these with --text-column/--label-column")
         return self.header.index(column)
 
@@ -161,6 +161,9 @@ def _read_jsonl(path: str, text: str) -> tuple:
         except json.JSONDecodeError as e:
             raise DataError(f"not valid JSON: {e.msg} (column {e.colno})", path=path, line=number,
                             fix="write one JSON object per line") from None
+        except RecursionError:  # the parser recurses once per level of [ or {
+            raise DataError("JSON nested too deeply", path=path, line=number,
+                            fix='write one flat object per line, like {"text": "...", "label": "..."}') from None
         if not isinstance(record, dict):
             raise DataError(f"a JSON {type(record).__name__}, not an object", path=path, line=number,
                             fix='write one object per line, like {"text": "...", "label": "..."}')
@@ -168,9 +171,15 @@ def _read_jsonl(path: str, text: str) -> tuple:
             header = list(record.keys())
         missing = [k for k in header if k not in record]
         if missing:
-            raise DataError(f"ragged row: no key '{missing[0]}' (the first line has {', '.join(header)})",
+            raise DataError(f"ragged row: no key {missing[0]!r} (the first line has {', '.join(map(repr, header))})",
                             path=path, line=number, fix="give every line the same keys")
-        rows.append([_json_field(record[k]) for k in header])
+        row = [_json_field(record[k]) for k in header]
+        try:  # a \ud800-style escape decodes to a lone surrogate, which no UTF-8 text can hold
+            "".join(header + row).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(f"a \\u{ord(e.object[e.start]):04x} escape is half a surrogate pair, not a character",
+                            path=path, line=number, fix="write the character itself, or both halves of the pair") from None
+        rows.append(row)
         lines.append(number)
     return header, None, rows, lines
 

@@ -23,6 +23,7 @@ from nanoft.errors import ConfigError, DataError
 from nanoft.tasks.splits import stratified_split
 
 _INT = re.compile(r"^[+-]?\d+$")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -174,10 +175,14 @@ class Task:
             out = np.empty(len(values), dtype=np.float32)
             for i, value in enumerate(values):
                 try:
-                    out[i] = float(value)
+                    target = float(value)
                 except ValueError:
-                    raise DataError(f"label '{value}' is not a number (task '{self.name}' is regression)",
+                    raise DataError(f"label {value!r} is not a number (task '{self.name}' is regression)",
                                     path=table.path, line=table.lines[i], fix="fix or remove the row") from None
+                if not abs(target) <= _FLOAT32_MAX:  # nan, inf, or beyond float32: the loss would be nan
+                    raise DataError(f"label {value!r} is not a finite float32 number (task '{self.name}' is "
+                                    "regression)", path=table.path, line=table.lines[i], fix="fix or remove the row")
+                out[i] = target
             return out
         lookup = {name: i for i, name in enumerate(self.label_names or [])}
         if self.label_indices:
@@ -186,9 +191,9 @@ class Task:
         for i, value in enumerate(values):
             label = lookup.get(value.strip())
             if label is None:
-                known = ", ".join(self.label_names or [])
+                known = ", ".join(map(repr, self.label_names or []))
                 extra = f" or 0..{len(self.label_names or []) - 1}" if self.label_indices else ""
-                raise DataError(f"label '{value}' not in the label set of '{self.name}' ({known}{extra})",
+                raise DataError(f"label {value!r} not in the label set of '{self.name}' ({known}{extra})",
                                 path=table.path, line=table.lines[i],
                                 fix="fix the label, or pass --label-column for the right column")
             out[i] = label
@@ -205,6 +210,11 @@ class Task:
             return parts
         stratify = None if self.is_regression else labels
         parts = stratified_split(stratify, len(table.rows), fractions, self.seed)
+        if any(len(p) == 0 for p in parts):  # an empty dev set would only fail later, at the first evaluation
+            sizes = "/".join(str(len(p)) for p in parts)
+            raise DataError(f"{len(table.rows)} rows are too few to carve splits of {','.join(map(str, fractions))} "
+                            f"(rows per part: {sizes})", path=table.path,
+                            fix="add rows, change --split, or pass --dev-file")
         self.carved[table.sha256] = [p.tolist() for p in parts]
         return parts
 

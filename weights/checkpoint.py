@@ -208,7 +208,8 @@ def load_model(path: Union[str, Path, None] = None, head: Optional[str] = "class
                 continue  # an alias of a tensor already read (e.g. decoder.bias)
             tensor = st.tensor(key)
             want = tuple(expected[ours].shape)
-            if ours == "encoder.embeddings.position.weight" and tensor.shape[0] < want[0]:
+            if (ours == "encoder.embeddings.position.weight" and old_positions < want[0]
+                    and tuple(tensor.shape) == (old_positions, *want[1:])):  # the table config.json describes
                 tensor = extend_positions(tensor, want[0], config.position_offset)
                 report.extended_positions = (old_positions, want[0])
             if tuple(tensor.shape) != want and ours.startswith("head."):
@@ -216,6 +217,10 @@ def load_model(path: Union[str, Path, None] = None, head: Optional[str] = "class
                 continue
             if tuple(tensor.shape) != want:
                 mismatched.append(f"{key} has shape {tuple(tensor.shape)}, model expects {want}")
+                continue
+            if tensor.is_floating_point() != expected[ours].is_floating_point():
+                mismatched.append(f"{key} has dtype {str(tensor.dtype).replace('torch.', '')}, model expects "
+                                  f"{str(expected[ours].dtype).replace('torch.', '')}")
                 continue
             if target is None:
                 target = tensor.dtype if tensor.is_floating_point() else torch.float32
@@ -228,7 +233,7 @@ def load_model(path: Union[str, Path, None] = None, head: Optional[str] = "class
     if unexpected:
         problems.append(f"unexpected tensors: {_short(unexpected, 8)}")
     if mismatched:
-        problems.append(f"shape mismatch: {_short(mismatched, 4)}")
+        problems.append(f"shape or dtype mismatch: {_short(mismatched, 4)}")
     if problems:
         raise CheckpointError("checkpoint does not fit a %s model: %s" % (config.family, "; ".join(problems)),
                               path=str(path), fix="check that config.json belongs to these weights")

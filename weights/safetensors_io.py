@@ -9,6 +9,7 @@ truncated or corrupt file is a one-line error, not a crash deep in torch.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Dict, Iterable, Tuple
@@ -42,7 +43,7 @@ def read_header(path: Path) -> Tuple[Dict[str, dict], int]:
         raw = f.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError("safetensors header is not valid JSON (corrupt file)", path=str(path),
                               fix="re-save or re-download the checkpoint") from None
     if not isinstance(header, dict):
@@ -55,13 +56,13 @@ def read_header(path: Path) -> Tuple[Dict[str, dict], int]:
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"tensor {name!r} has a malformed entry in the header (corrupt file)",
                                   path=str(path)) from None
-        if dtype not in DTYPES:
-            raise CheckpointError(f"tensor {name!r} has unsupported dtype {dtype}", path=str(path))
-        numel = 1
-        for d in shape:
-            numel *= d
-        expected = numel * torch.empty((), dtype=DTYPES[dtype]).element_size()
-        if end - begin != expected or begin < 0:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise CheckpointError(f"tensor {name!r} has unsupported dtype {dtype!r}", path=str(path))
+        if not isinstance(shape, list) or not all(_is_size(n) for n in (*shape, begin, end)):
+            raise CheckpointError(f"tensor {name!r} has shape {shape!r} and offsets {[begin, end]!r} in the header: "
+                                  "not all sizes (corrupt file)", path=str(path))
+        expected = math.prod(shape) * DTYPES[dtype].itemsize
+        if end - begin != expected:
             raise CheckpointError(f"tensor {name!r} has {end - begin} bytes for shape {shape} {dtype} (corrupt file)",
                                   path=str(path))
         if data_start + end > size:
@@ -69,6 +70,11 @@ def read_header(path: Path) -> Tuple[Dict[str, dict], int]:
                                   f"but the file has {size}", path=str(path),
                                   fix="re-save or re-download the checkpoint")
     return header, data_start
+
+
+def _is_size(value: object) -> bool:
+    """A JSON number usable as a dimension or byte offset: a non-negative int (not a bool, float or string)."""
+    return type(value) is int and value >= 0
 
 
 class SafetensorsFile:
