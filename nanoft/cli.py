@@ -1,4 +1,4 @@
-"""The `nanoft` command: info, train, eval, predict, run, report, bench.
+"""The `nanoft` command: info, train, pretrain, eval, predict, run, report, bench.
 
 Each command is a thin wrapper over a plain function; user errors (`NanoftError`) print one
 line and exit 2, never a traceback.
@@ -178,13 +178,20 @@ def train_params() -> List[click.Parameter]:
     """`nanoft train`'s options, built from TrainConfig and the PEFT registry as they are now."""
     from nanoft.train.config import SECTIONS, TrainConfig
 
-    hints = typing.get_type_hints(TrainConfig)
+    return config_params(TrainConfig, SECTIONS, "nanoft train")
+
+
+def config_params(config_class: type, sections: Dict[str, str], command: str,
+                  exclude: Sequence[str] = ()) -> List[click.Parameter]:
+    """One option per field of a config dataclass, grouped by `sections` ({metadata section: heading}, in
+    order); fields of other sections and those named in `exclude` get no option."""
+    hints = typing.get_type_hints(config_class)
     params: List[click.Parameter] = [
         SectionOption(["--config", "config_file"], type=click.Path(), metavar="FILE",
                       help="TOML file of options (the names below with _); options given here override it.")]
-    for key, title in SECTIONS.items():
-        for f in dataclasses.fields(TrainConfig):
-            if f.metadata["section"] != key:
+    for key, title in sections.items():
+        for f in dataclasses.fields(config_class):
+            if f.metadata["section"] != key or f.name in exclude:
                 continue
             if f.metadata.get("peft_registry"):
                 params += _peft_options(f.name, title)
@@ -194,7 +201,7 @@ def train_params() -> List[click.Parameter]:
     for what, items in (("flag", flags), ("name", [p.name for p in params])):
         twice = sorted({x for x in items if items.count(x) > 1})
         if twice:
-            raise TypeError(f"nanoft train: {what}s given twice: {', '.join(twice)}")
+            raise TypeError(f"{command}: {what}s given twice: {', '.join(twice)}")
     return params
 
 
@@ -222,14 +229,16 @@ class TrainCommand(SectionedCommand):
         return super().get_params(ctx)
 
 
-def config_from_cli(ctx: click.Context) -> "TrainConfig":
-    """TrainConfig from the optional --config TOML file, overlaid with the options given on the command line."""
+def config_from_cli(ctx: click.Context, config_class: Optional[type] = None) -> "TrainConfig":
+    """TrainConfig (or `config_class`) from the optional --config TOML file, overlaid with the options given
+    on the command line."""
     from nanoft.train.config import TrainConfig, read_toml
 
+    cls = config_class or TrainConfig
     config_file = ctx.params.get("config_file")
     values: Dict[str, Any] = read_toml(config_file) if config_file else {}
     if config_file:
-        TrainConfig.from_dict(values, source=config_file)  # unknown keys: name them, suggest nearest
+        cls.from_dict(values, source=config_file)  # unknown keys: name them, suggest nearest
     for param in ctx.command.params:
         if not isinstance(param, FieldOption) or ctx.get_parameter_source(param.name) in (
                 None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
@@ -240,10 +249,10 @@ def config_from_cli(ctx: click.Context) -> "TrainConfig":
         if isinstance(value, dict):  # dict fields add to the file's: --attention-option, --lora-r, ...
             value = {**values.get(param.field, {}), **value}
         values[param.field] = value
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         if "off" in f.metadata and values.get(f.name) == f.metadata["off"]:
             values[f.name] = None
-    return TrainConfig.from_dict(values, source=config_file or "command line")
+    return cls.from_dict(values, source=config_file or "command line")
 
 
 # --------------------------------------------------------------------------------- commands
@@ -280,6 +289,25 @@ def train(ctx: click.Context, **kwargs: Any) -> None:
     click.echo(train_and_report(config_from_cli(ctx)))
 
 
+class PretrainCommand(SectionedCommand):
+    """`nanoft pretrain`: options generated from PretrainConfig, like `nanoft train`'s from TrainConfig."""
+
+    def get_params(self, ctx: click.Context) -> List[click.Parameter]:
+        from nanoft.train.pretrain import NOT_OPTIONS, SECTIONS, PretrainConfig
+
+        self.params = config_params(PretrainConfig, SECTIONS, "nanoft pretrain", exclude=NOT_OPTIONS)
+        return super().get_params(ctx)
+
+
+@cli.command(cls=PretrainCommand)
+@click.pass_context
+def pretrain(ctx: click.Context, **kwargs: Any) -> None:
+    """Masked-LM pretraining, continued from a checkpoint or from scratch; writes a run directory."""
+    from nanoft.train.pretrain import PretrainConfig, pretrain_and_report
+
+    click.echo(pretrain_and_report(config_from_cli(ctx, PretrainConfig)))
+
+
 @cli.command("eval")
 @click.argument("run_or_model", type=click.Path())
 @click.option("--task", help="Task to evaluate on. [default: the run's task]")
@@ -287,11 +315,26 @@ def train(ctx: click.Context, **kwargs: Any) -> None:
 @click.option("--data-dir", type=click.Path(), help="Folder holding task data. [default: $NANOFT_DATA_DIR]")
 @click.option("--batch-size", default=128, show_default=True, help="Evaluation batch size.")
 @click.option("--max-length", default=None, type=int, help="Max tokens. [default: the run's]")
+@click.option("--objective", type=click.Choice(["task", "mlm"]), default="task", show_default=True,
+              help="mlm: masked-LM loss and perplexity on --text-file, with a pretraining run's fixed seeded mask.")
+@click.option("--text-file", type=click.Path(), help="With --objective mlm: one document per line (or TSV/CSV/JSONL).")
+@click.option("--mask-rate", default=0.15, show_default=True, help="With --objective mlm: fraction of tokens masked.")
+@click.option("--eval-mask-seed", default=0, show_default=True, help="With --objective mlm: seed of the fixed mask.")
 def eval_command(run_or_model: str, task: Optional[str], split: Optional[str], data_dir: Optional[str],
-                 batch_size: int, max_length: Optional[int]) -> None:
-    """Evaluate a run (its best model) or a model directory on a task split."""
+                 batch_size: int, max_length: Optional[int], objective: str, text_file: Optional[str],
+                 mask_rate: float, eval_mask_seed: int) -> None:
+    """Evaluate a run (its best model) or a model directory on a task split, or its perplexity on a text file."""
     from nanoft.commands import evaluate_path
 
+    if objective == "mlm":
+        from nanoft.train.pretrain import evaluate_text
+
+        if not text_file:
+            raise ConfigError("--objective mlm needs --text-file", fix="pass --text-file FILE")
+        m = evaluate_text(run_or_model, text_file, max_length or 128, batch_size, mask_rate, eval_mask_seed)
+        click.echo(f"masked-LM {text_file} ({m['tokens']} predicted tokens): loss {m['loss']:.4f} "
+                   f"perplexity {m['perplexity']:.2f}")
+        return
     click.echo(evaluate_path(run_or_model, task, split, data_dir, batch_size, max_length))
 
 

@@ -27,11 +27,16 @@ class EncoderModel(nn.Module):
         self.head = build_head(config, head, num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+                token_type_ids: Optional[torch.Tensor] = None,
+                masked_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`masked_positions` (masked-LM head only): flat indices `(n,)` into `(batch * seq)`; the logits are
+        then `(n, vocab)`, computed only there (the vocabulary projection costs more than the encoder)."""
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)
         if self.head is None:
             return hidden
         if isinstance(self.head, MaskedLMHead):
+            if masked_positions is not None:
+                hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)  # (n, hidden)
             return self.head(hidden, self.encoder.embeddings.word.weight)
         logits = self.head(hidden)
         return logits.squeeze(-1) if self.head_kind == "regression" else logits

@@ -3,7 +3,12 @@
 The Trainer knows nothing of tasks or labels. It asks its objective which head the model needs,
 how to collate a batch, what the loss of a forward pass is, and what an evaluation of a split
 reports and which of its metrics picks the best checkpoint. Sequence classification / regression
-is the fine-tuning objective; masked-LM pretraining is another implementation of the same protocol.
+is the fine-tuning objective; masked-LM pretraining (`nanoft.train.mlm.MaskedLM`) is another implementation.
+
+Optional hooks the Trainer calls when an objective has them:
+    load_data(config, tokenizer) -> (train_data, {split: eval_data})  its own data instead of the config's task
+    set_epoch(epoch)                                                   at the start of every epoch (new MLM masks)
+    model_kwargs(batch) -> dict                                        extra model arguments (masked positions)
 """
 from __future__ import annotations
 

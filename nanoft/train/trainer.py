@@ -88,7 +88,9 @@ class Trainer:
 
         from nanoft.weights import load_tokenizer
 
-        self.task = build.load_task(c)
+        # An objective with its own data (masked-LM: a corpus) provides it; otherwise the config names a task.
+        provides_data = objective is not None and hasattr(objective, "load_data")
+        self.task = None if provides_data else build.load_task(c)
         self.objective = objective or SequenceClassification(self.task)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(c.model)
         self.load_report = None
@@ -104,9 +106,12 @@ class Trainer:
             from nanoft import peft
 
             peft.apply(self.model, c.peft, train_head=c.train_head, **c.peft_options)
-        self.train_data = build.encode_split(c, self.task, self.tokenizer, "train", c.train_subset)
-        self.eval_data = {split: build.encode_split(c, self.task, self.tokenizer, split)
-                          for split in self.task.eval_splits if split in self.task.splits}
+        if provides_data:
+            self.train_data, self.eval_data = self.objective.load_data(c, self.tokenizer)
+        else:
+            self.train_data = build.encode_split(c, self.task, self.tokenizer, "train", c.train_subset)
+            self.eval_data = {split: build.encode_split(c, self.task, self.tokenizer, split)
+                              for split in self.task.eval_splits if split in self.task.splits}
         self.sampler = build.make_sampler(c, self.train_data.lengths, self.dist.world_size)
         (self.steps_per_epoch, self.total_steps, self.optimizer, self.scheduler,
          self.scaler) = build.make_optimization(c, self.model, len(self.sampler), self.precision, self.device)
@@ -133,6 +138,10 @@ class Trainer:
         return self.progress.epoch
 
     @property
+    def task_name(self) -> str:
+        return self.task.name if self.task is not None else getattr(self.objective, "name", "custom")
+
+    @property
     def best(self) -> Optional[Dict[str, Any]]:
         return self.progress.best
 
@@ -152,9 +161,10 @@ class Trainer:
     # ------------------------------------------------------------------ step
     def forward(self, batch: Dict[str, torch.Tensor], model: Optional[nn.Module] = None) -> torch.Tensor:
         """The model's outputs for a collated batch (on the device), under the run's precision."""
+        extra = self.objective.model_kwargs(batch) if hasattr(self.objective, "model_kwargs") else {}
         with autocast(self.precision, self.device):
             return (model or self.forward_model)(batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                 token_type_ids=batch["token_type_ids"])
+                                                 token_type_ids=batch["token_type_ids"], **extra)
 
     def compute_loss(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         outputs = self.forward(batch)
@@ -232,8 +242,11 @@ class Trainer:
         try:
             if self.dist.is_main and p.step == 0:
                 self.run_dir.write_config(to_toml(self._resolved_config()))
-                self.run_dir.write_task({"task": self.task.to_dict() if hasattr(self.task, "to_dict") else self.task.name,
-                                         "label_names": self.task.label_names})
+                if self.task is None:
+                    self.run_dir.write_task({"task": None, "objective": self.task_name, "label_names": None})
+                else:
+                    self.run_dir.write_task({"task": self.task.to_dict() if hasattr(self.task, "to_dict")
+                                             else self.task.name, "label_names": self.task.label_names})
             wall_start = time.perf_counter()
             outcome = "epoch"
             with StopSignals() as signals:
@@ -264,6 +277,8 @@ class Trainer:
         signal / `stop_at_step` ("paused", after a checkpoint)."""
         c, p = self.config, self.progress
         self.sampler.set_epoch(p.epoch)
+        if hasattr(self.objective, "set_epoch"):  # e.g. masked-LM draws new masks every epoch
+            self.objective.set_epoch(p.epoch)
         window_start, window_examples = time.perf_counter(), p.examples_seen
         for group in self._step_groups():
             t0 = time.perf_counter()
@@ -301,7 +316,11 @@ class Trainer:
     def evaluate(self, split: str = "dev", model: Optional[nn.Module] = None, data: Any = None) -> Dict[str, float]:
         """The objective's metrics on `split`; every example is seen exactly once, also under DDP."""
         if data is None:
-            data = self.eval_data.get(split) or build.encode_split(self.config, self.task, self.tokenizer, split)
+            data = self.eval_data.get(split)
+        if data is None:
+            if self.task is None:
+                raise NanoftError(f"no {split!r} data to evaluate", fix=f"evaluate one of: {', '.join(self.eval_data)}")
+            data = build.encode_split(self.config, self.task, self.tokenizer, split)
         return self.objective.evaluate(model or self.model, data, self.tokenizer.pad_token_id,
                                        self.config.eval_batch_size, self.device, self.precision, self.dist)
 
@@ -369,7 +388,7 @@ class Trainer:
     def _final_results(self, wall: float, stopped_early: bool, extra: Dict[str, Any]) -> Dict[str, Any]:
         p = self.progress
         test_metrics = None
-        if "test" in self.task.splits and "test" not in self.eval_data:
+        if self.task is not None and "test" in self.task.splits and "test" not in self.eval_data:
             try:
                 test_data = build.encode_split(self.config, self.task, self.tokenizer, "test")
             except NanoftError:
@@ -378,7 +397,7 @@ class Trainer:
                 test_metrics = self.evaluate("test", model=self._best_model(), data=test_data)
         total, trainable = count_parameters(self.model)
         results = {
-            "task": self.task.name, "main_metric": self.objective.main_metric,
+            "task": self.task_name, "main_metric": self.objective.main_metric,
             "final": self.run_dir.last_eval() if p.best is not None else None, "best": p.best, "test": test_metrics,
             "steps": p.step, "epochs": round(p.epoch + self._epoch_progress(), 4), "stopped_early": stopped_early,
             "wall_seconds": round(wall, 3), "train_seconds": round(p.train_seconds, 3),

@@ -1,0 +1,71 @@
+"""Where pretraining text comes from: a text file (one document per line), a column of a TSV/CSV/JSONL
+file, or a task's texts (labels ignored). Returns the train documents and the held-out ones."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from nanoft.errors import ConfigError, DataError
+
+TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".ndjson")
+
+# (texts, second texts of pairs or None): what the packer tokenizes.
+Documents = Tuple[List[str], Optional[List[str]]]
+
+
+def read_documents(path: str, text_column: Optional[str] = None) -> List[str]:
+    """The non-blank documents of one file: its lines, or one column of a table (--text-column)."""
+    from nanoft.tasks import read_table
+    from nanoft.tasks.files import read_text
+
+    if Path(path).suffix.lower() in TABLE_SUFFIXES:
+        docs = read_table(path).column(text_column or "text")
+    else:
+        docs = read_text(path)[0].splitlines()
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise DataError("the corpus is empty (no non-blank document)", path=path,
+                        fix="give a file with one document per line")
+    return docs
+
+
+def hold_out(docs: List[str], fraction: float, seed: int, source: str) -> Tuple[List[str], List[str]]:
+    """(train, held-out): a seeded random `fraction` of the documents (at least one), both in file order."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"--split must be a fraction in (0, 1), got {fraction}", fix="e.g. --split 0.05")
+    if len(docs) < 2:
+        raise DataError(f"the corpus has {len(docs)} document; holding some out needs at least 2", path=source,
+                        fix="give more documents or a --dev-file")
+    n_dev = min(len(docs) - 1, max(1, int(round(fraction * len(docs)))))
+    is_dev = np.zeros(len(docs), dtype=bool)
+    is_dev[np.random.default_rng(seed).permutation(len(docs))[:n_dev]] = True
+    return [d for d, x in zip(docs, is_dev) if not x], [d for d, x in zip(docs, is_dev) if x]
+
+
+def split_fraction(split: Optional[str]) -> float:
+    try:
+        return float(split or "")
+    except ValueError:
+        raise ConfigError(f"--split {split!r} is not a fraction", fix="e.g. --split 0.05") from None
+
+
+def load_corpus(config) -> Tuple[Documents, Documents, str]:
+    """(train documents, held-out documents, a name for the corpus) from a PretrainConfig."""
+    if config.task:
+        from nanoft.tasks import get_task
+
+        task = get_task(config.task)
+        train = task.load(config.data_dir, "train")
+        dev = task.load(config.data_dir, task.eval_splits[0])
+        return (train.texts, train.text_pairs), (dev.texts, dev.text_pairs), task.name
+    column = config.text_columns[0] if config.text_columns else None
+    docs = read_documents(config.text_file, column)
+    if config.dev_file:
+        return (docs, None), (read_documents(config.dev_file, column), None), Path(config.text_file).stem
+    train, dev = hold_out(docs, split_fraction(config.split), config.seed, config.text_file)
+    return (train, None), (dev, None), Path(config.text_file).stem
+
+
+__all__ = ["read_documents", "hold_out", "load_corpus", "Documents"]
