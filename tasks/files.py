@@ -178,7 +178,8 @@ def _read_jsonl(path: str, text: str) -> tuple:
             "".join(header + row).encode("utf-8")
         except UnicodeEncodeError as e:
             raise DataError(f"a \\u{ord(e.object[e.start]):04x} escape is half a surrogate pair, not a character",
-                            path=path, line=number, fix="write the character itself, or both halves of the pair") from None
+                            path=path, line=number,
+                            fix="write the character itself, or both halves of the pair") from None
         rows.append(row)
         lines.append(number)
     return header, None, rows, lines

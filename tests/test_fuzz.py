@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -72,7 +73,8 @@ def rows(draw) -> list:
 @st.composite
 def json_line(draw, header: list, row: list) -> str:
     """One JSONL line: usually an object of the header's keys, sometimes not an object or not JSON."""
-    kind = draw(st.sampled_from(["object"] * 40 + ["typed"] * 4 + ["junk", "array", "scalar", "deep", "missing", "surrogate"]))
+    kind = draw(st.sampled_from(["object"] * 40 + ["typed"] * 4 +
+                                ["junk", "array", "scalar", "deep", "missing", "surrogate"]))
     if kind == "junk":
         return draw(fields)
     if kind == "array":
@@ -100,8 +102,8 @@ def clean_rows(draw) -> tuple:
     pool = draw(st.lists(labels, min_size=1, max_size=3, unique=True))
     size = draw(st.integers(0, 40))
     body = draw(st.lists(st.tuples(fields, st.sampled_from(pool)), min_size=size, max_size=size))
-    return ["text", "label"], [[text.replace("\t", " ").replace("\n", " ").replace("\r", " "), label.replace("\t", " ")]
-                               for text, label in body]
+    one_line = {ord("\t"): " ", ord("\n"): " ", ord("\r"): " "}  # a TSV field holds no tab or newline
+    return ["text", "label"], [[text.translate(one_line), label.translate(one_line)] for text, label in body]
 
 
 @st.composite
@@ -131,8 +133,8 @@ def data_files(draw) -> tuple:
         if damage == "truncate":
             data = data[:at]
         elif damage == "insert":
-            data = data[:at] + draw(st.sampled_from([b"\xff", b"\x00", b"\xc3", b"\xed\xa0\x80", b"\t", b'"']))
-            data += data[at:]
+            stray = draw(st.sampled_from([b"\xff", b"\x00", b"\xc3", b"\xed\xa0\x80", b"\t", b'"']))
+            data = data[:at] + stray + data[at:]
         else:
             data = draw(st.binary(max_size=64))
     return fmt, data
@@ -146,7 +148,7 @@ def write_file(directory: Path, name: str, case: tuple, suffix: Optional[str] = 
 
 
 def read_like_train(train: Path, dev: Optional[Path], has_header: bool, split: Optional[str], tokenizer) -> None:
-    """What `Trainer` does with --train-file/--dev-file: build the task, load and encode each split."""
+    """What `nanoft train --train-file` does (nanoft.train.build): build the task, load and encode each split."""
     columns, label = (["text"], "label") if has_header else (["0"], "1")
     task = from_files(train, dev, None, text_columns=columns, label_column=label, has_header=has_header,
                       split=split, seed=0)
@@ -181,7 +183,7 @@ def test_data_files_load_or_fail_cleanly(tokenizer, train, dev, has_header, spli
 # ------------------------------------------------------------------------------------- checkpoints
 @pytest.fixture(scope="module")
 def base_checkpoint(tiny_task) -> dict:
-    """The tiny BERT of conftest as bytes, plus its header and tensors, for mutating copies."""
+    """The tiny BERT of conftest (config, file bytes, tensors, vocabulary), for damaged copies."""
     directory = tiny_task["model_nodrop"]
     st_file = SafetensorsFile(directory / "model.safetensors")
     return {"config": json.loads((directory / "config.json").read_text(encoding="utf-8")),
@@ -314,15 +316,21 @@ def raises_nanoft_error(action) -> bool:
 
 def test_cli_failures_are_one_line(tiny_task, tokenizer, base_checkpoint, tmp_path):
     """Generated bad files and checkpoints through the `nanoft` executable (processes run side by side)."""
+    def data_fails(case: tuple) -> bool:
+        probe = write_file(tmp_path, "probe", case)
+        return raises_nanoft_error(lambda: read_like_train(probe, None, True, None, tokenizer))
+
+    def checkpoint_fails(case: tuple) -> bool:
+        probe = write_checkpoint(tmp_path / "probe", case, b"")
+        return raises_nanoft_error(lambda: nanoft.load_model(probe, num_labels=2, max_length=32))
+
     good = ["--train-file", str(tiny_task["data"] / "train.tsv"), "--dev-file", str(tiny_task["data"] / "dev.tsv")]
-    commands = []
-    for k, case in enumerate(first_failures(data_files(), lambda c: raises_nanoft_error(
-            lambda: read_like_train(write_file(tmp_path, "probe", c), None, True, None, tokenizer)), N_CLI)):
-        commands.append(["--train-file", str(write_file(tmp_path, f"train{k}", case)), "--model", str(tiny_task["model"])])
-    for k, case in enumerate(first_failures(damaged_checkpoints(base_checkpoint), lambda c: raises_nanoft_error(
-            lambda: nanoft.load_model(write_checkpoint(tmp_path / "probe", c, b""), num_labels=2, max_length=32)), N_CLI)):
-        model = write_checkpoint(tmp_path / f"model{k}", case, base_checkpoint["vocab"])
-        commands.append([*good, "--model", str(model), "--max-length", "32"])
+    bad_files = first_failures(data_files(), data_fails, N_CLI)
+    bad_models = first_failures(damaged_checkpoints(base_checkpoint), checkpoint_fails, N_CLI)
+    commands = [["--train-file", str(write_file(tmp_path, f"train{k}", case)), "--model", str(tiny_task["model"])]
+                for k, case in enumerate(bad_files)]
+    commands += [[*good, "--model", str(write_checkpoint(tmp_path / f"model{k}", case, base_checkpoint["vocab"])),
+                  "--max-length", "32"] for k, case in enumerate(bad_models)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     runs = [subprocess.Popen([str(NANOFT), "train", *args, "--output", str(tmp_path / f"run{k}"), "--quiet"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
@@ -379,6 +387,19 @@ def test_labels_with_line_breaks_stay_on_one_line(tmp_path):
     assert f"{dev}:2: label 'po\\r\\x1cs' not in the label set of 'custom' ('neg', 'pos')" in str(e.value)
 
 
+def copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def replace_tensor(directory: Path, name: str, tensor: torch.Tensor) -> None:
+    """Rewrite model.safetensors (a consistent file) with `name` set to `tensor`."""
+    st_file = SafetensorsFile(directory / "model.safetensors")
+    tensors = {k: st_file.tensor(k).clone() for k in st_file.keys()}
+    del st_file  # its memory map, before the file is replaced
+    save_file({**tensors, name: tensor}, directory / "model.safetensors")
+
+
 def rewrite_header(path: Path, name: str, **entry) -> None:
     weights = path.read_bytes()
     header, _ = header_of(weights)
@@ -394,7 +415,7 @@ def rewrite_header(path: Path, name: str, **entry) -> None:
     ({"data_offsets": ["0", "3200"]}, "not all sizes"),  # was TypeError: str - str
 ])
 def test_safetensors_header_entries_that_crashed(tiny_task, tmp_path, entry, message):
-    directory = shutil_copy(tiny_task["model_nodrop"], tmp_path / "model")
+    directory = copy_model(tiny_task["model_nodrop"], tmp_path / "model")
     rewrite_header(directory / "model.safetensors", "bert.embeddings.word_embeddings.weight", **entry)
     with pytest.raises(NanoftError) as e:
         nanoft.load_model(directory)
@@ -402,7 +423,7 @@ def test_safetensors_header_entries_that_crashed(tiny_task, tmp_path, entry, mes
 
 
 def test_safetensors_header_nested_too_deeply(tiny_task, tmp_path):
-    directory = shutil_copy(tiny_task["model_nodrop"], tmp_path / "model")
+    directory = copy_model(tiny_task["model_nodrop"], tmp_path / "model")
     raw = b"[" * 100_000 + b"]" * 100_000
     (directory / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
     with pytest.raises(NanoftError, match="header is not valid JSON"):
@@ -420,7 +441,7 @@ def test_safetensors_header_nested_too_deeply(tiny_task, tmp_path):
     ("nanoft", {"attention_options": [1]}, "nanoft.attention_options an object, got 'full' and [1]"),  # dict([1])
 ])
 def test_config_values_that_crashed(tiny_task, tmp_path, key, value, message):
-    directory = shutil_copy(tiny_task["model_nodrop"], tmp_path / "model")
+    directory = copy_model(tiny_task["model_nodrop"], tmp_path / "model")
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     config[key] = value
     (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
@@ -431,13 +452,9 @@ def test_config_values_that_crashed(tiny_task, tmp_path, key, value, message):
 
 def test_integer_tensor_for_a_float_weight(tiny_task, tmp_path):
     """Was: RuntimeError from load_state_dict ('Only Tensors of floating point ... can require gradients')."""
-    directory = shutil_copy(tiny_task["model_nodrop"], tmp_path / "model")
-    st_file = SafetensorsFile(directory / "model.safetensors")
-    tensors = {k: st_file.tensor(k).clone() for k in st_file.keys()}
-    tensors["bert.encoder.layer.0.attention.self.query.weight"] = tensors[
-        "bert.encoder.layer.0.attention.self.query.weight"].to(torch.int32)
-    del st_file
-    save_file(tensors, directory / "model.safetensors")
+    directory = copy_model(tiny_task["model_nodrop"], tmp_path / "model")
+    replace_tensor(directory, "bert.encoder.layer.0.attention.self.query.weight",
+                   torch.ones(32, 32, dtype=torch.int32))
     with pytest.raises(NanoftError, match="query.weight has dtype int32, model expects float32"):
         nanoft.load_model(directory)
 
@@ -446,19 +463,9 @@ def test_integer_tensor_for_a_float_weight(tiny_task, tmp_path):
 def test_position_table_not_what_config_says(tiny_task, tmp_path, shape):
     """A table shorter than config.json says was 'extended': IndexError/RuntimeError for other ranks, an endless
     loop for 0 rows, and silent tiling for 40 rows; only a table as config.json describes is extended."""
-    directory = shutil_copy(tiny_task["model_nodrop"], tmp_path / "model")
-    st_file = SafetensorsFile(directory / "model.safetensors")
-    tensors = {k: st_file.tensor(k).clone() for k in st_file.keys()}
-    del st_file
-    tensors["bert.embeddings.position_embeddings.weight"] = torch.zeros(shape)
-    save_file(tensors, directory / "model.safetensors")
-    with pytest.raises(NanoftError, match=f"position_embeddings.weight has shape {tuple(shape)}".replace("(", r"\(")
-                       .replace(")", r"\)")):
+    directory = copy_model(tiny_task["model_nodrop"], tmp_path / "model")
+    replace_tensor(directory, "bert.embeddings.position_embeddings.weight", torch.zeros(shape))
+    with pytest.raises(NanoftError) as e:
         nanoft.load_model(directory, max_length=100)
+    assert f"position_embeddings.weight has shape {shape}, model expects (100, 32)" in str(e.value)
 
-
-def shutil_copy(src: Path, dst: Path) -> Path:
-    import shutil
-
-    shutil.copytree(src, dst)
-    return dst
