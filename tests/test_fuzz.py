@@ -282,6 +282,7 @@ def test_checkpoints_load_or_fail_cleanly(base_checkpoint, data, options):
     with tempfile.TemporaryDirectory() as tmp:
         directory = write_checkpoint(Path(tmp) / "model", case, base_checkpoint["vocab"])
         try:
+            nanoft.load_tokenizer(directory)  # `nanoft train --model` reads the tokenizer (and config.json) first
             model = nanoft.load_model(directory, **options)
         except NanoftError as e:
             assert_one_line(e)
@@ -448,6 +449,16 @@ def test_config_values_that_crashed(tiny_task, tmp_path, key, value, message):
     with pytest.raises(NanoftError) as e:
         nanoft.load_model(directory)
     assert str(e.value).startswith(f"{directory / 'config.json'}: ") and message in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "5", "[" * 100_000 + "]" * 100_000])
+def test_tokenizer_reads_config_json_objects_only(tiny_task, tmp_path, text):
+    """Was: AttributeError ('list' object has no attribute 'get') or RecursionError in load_tokenizer."""
+    directory = copy_model(tiny_task["model_nodrop"], tmp_path / "model")
+    (directory / "config.json").write_text(text, encoding="utf-8")
+    with pytest.raises(NanoftError) as e:
+        nanoft.load_tokenizer(directory)
+    assert str(e.value).startswith(f"{directory / 'config.json'}: ")
 
 
 def test_integer_tensor_for_a_float_weight(tiny_task, tmp_path):

@@ -21,9 +21,13 @@ from nanoft.errors import CheckpointError
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"not valid JSON ({e.__class__.__name__})", path=str(path)) from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"holds a JSON {type(value).__name__}, not an object", path=str(path),
+                              fix="repair or re-export the checkpoint")
+    return value
 
 
 @dataclass
