@@ -320,9 +320,10 @@ def pretrain(ctx: click.Context, **kwargs: Any) -> None:
 @click.option("--text-file", type=click.Path(), help="With --objective mlm: one document per line (or TSV/CSV/JSONL).")
 @click.option("--mask-rate", default=0.15, show_default=True, help="With --objective mlm: fraction of tokens masked.")
 @click.option("--eval-mask-seed", default=0, show_default=True, help="With --objective mlm: seed of the fixed mask.")
+@click.option("--whole-word-mask", is_flag=True, help="With --objective mlm: mask whole words (as the run did).")
 def eval_command(run_or_model: str, task: Optional[str], split: Optional[str], data_dir: Optional[str],
                  batch_size: int, max_length: Optional[int], objective: str, text_file: Optional[str],
-                 mask_rate: float, eval_mask_seed: int) -> None:
+                 mask_rate: float, eval_mask_seed: int, whole_word_mask: bool) -> None:
     """Evaluate a run (its best model) or a model directory on a task split, or its perplexity on a text file."""
     from nanoft.commands import evaluate_path
 
@@ -331,7 +332,8 @@ def eval_command(run_or_model: str, task: Optional[str], split: Optional[str], d
 
         if not text_file:
             raise ConfigError("--objective mlm needs --text-file", fix="pass --text-file FILE")
-        m = evaluate_text(run_or_model, text_file, max_length or 128, batch_size, mask_rate, eval_mask_seed)
+        m = evaluate_text(run_or_model, text_file, max_length or 128, batch_size, mask_rate, eval_mask_seed,
+                          whole_word_mask)
         click.echo(f"masked-LM {text_file} ({m['tokens']} predicted tokens): loss {m['loss']:.4f} "
                    f"perplexity {m['perplexity']:.2f}")
         return

@@ -244,7 +244,7 @@ def test_saved_checkpoint_loads_in_transformers_and_fine_tunes(tiny_task, tmp_pa
     # `nanoft eval --objective mlm` on the same held-out file reproduces the run's recorded perplexity
     from nanoft.train.pretrain import evaluate_text
 
-    again = evaluate_text(str(trainer.run_dir), str(dev), max_length=16, device="cpu")
+    again = evaluate_text(str(trainer.run_dir), str(dev), max_length=16, whole_word=True, device="cpu")
     assert again["perplexity"] == pytest.approx(results["best"]["metrics"]["dev"]["perplexity"], rel=1e-5)
     assert json.loads((best / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
     hf = tf.BertForMaskedLM.from_pretrained(best).eval()

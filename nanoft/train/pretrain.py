@@ -168,8 +168,8 @@ def pretrain_and_report(config: PretrainConfig) -> str:
 
 
 def evaluate_text(model_dir: Optional[str], text_file: str, max_length: int = 128, batch_size: int = 128,
-                  mask_rate: float = 0.15, eval_mask_seed: int = 0, text_column: Optional[str] = None,
-                  device: Optional[str] = None) -> Dict[str, float]:
+                  mask_rate: float = 0.15, eval_mask_seed: int = 0, whole_word: bool = False,
+                  text_column: Optional[str] = None, device: Optional[str] = None) -> Dict[str, float]:
     """Masked-LM loss and perplexity of a checkpoint (a model directory or a run's best/) on a text file, with
     the same fixed seeded mask a pretraining run evaluates with: `nanoft eval --objective mlm`."""
     from nanoft.train import distributed
@@ -182,7 +182,7 @@ def evaluate_text(model_dir: Optional[str], text_file: str, max_length: int = 12
     if model_dir is not None and RunDir(model_dir).is_run():
         model_dir = str(RunDir(model_dir).model_dir())
     tokenizer = load_tokenizer(model_dir)
-    objective = MaskedLM(mask_rate, False, eval_mask_seed)
+    objective = MaskedLM(mask_rate, whole_word, eval_mask_seed)
     objective.prepare(tokenizer, eval_mask_seed)
     model = load_model(model_dir, head="masked-lm", max_length=max_length)
     check_vocabulary(tokenizer, model)
