@@ -19,6 +19,7 @@ setup(
         "nanoft.peft",
         "nanoft.sparse",
         "nanoft.train",
+        "nanoft.train.techniques",
         "nanoft.data",
         *[f"nanoft.{p}" for p in PARTS],
     ],
