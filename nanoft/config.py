@@ -3,6 +3,8 @@
 BERT, RoBERTa and DistilBERT are the same post-LayerNorm transformer encoder; they differ only
 in a handful of numbers and switches (token types or not, where position ids start, which
 activation). Those live here, so the model code has no per-family branches beyond reading them.
+What each family calls them in config.json is in its `Family` record (`nanoft.weights.family`),
+imported inside the methods because `nanoft.weights` itself imports this module.
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from typing import Any, Dict, Optional
 
 from nanoft.errors import CheckpointError
 
-FAMILIES = ("bert", "roberta", "distilbert")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "tanh")
+REQUIRED = ("vocab_size",)  # never guessed from a default when reading config.json
 
 
 @dataclass
@@ -52,9 +54,9 @@ class ModelConfig:
         return self.max_position_embeddings - self.position_offset
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise CheckpointError(f"unknown model family {self.family!r}",
-                                  fix=f"use one of {', '.join(FAMILIES)}")
+        from nanoft.weights.family import get_family
+
+        get_family(self.family)  # an unknown family is an error here, not at load time
         _check_values(self)
         if self.hidden_size % self.num_heads:
             raise CheckpointError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
@@ -65,49 +67,24 @@ class ModelConfig:
     # ----------------------------------------------------------------- HF config.json
     @classmethod
     def from_hf(cls, hf: Dict[str, Any], path: Optional[str] = None) -> "ModelConfig":
-        """Read a Hugging Face config.json dict (bert, roberta, xlm-roberta, distilbert)."""
-        model_type = hf.get("model_type")
-        if model_type is None:
-            archs = " ".join(hf.get("architectures") or []).lower()
-            model_type = next((f for f in ("distilbert", "roberta", "bert") if f in archs), None)
-        if model_type in ("xlm-roberta", "camembert"):
-            model_type = "roberta"
-        if model_type not in FAMILIES:
-            raise CheckpointError(f"unsupported model_type {model_type!r}", path=path,
+        """Read a Hugging Face config.json dict of any registered family (names from its `Family` record)."""
+        from nanoft.weights.family import FAMILIES, find_family
+
+        family = find_family(hf)
+        if family is None:
+            raise CheckpointError(f"unsupported model_type {hf.get('model_type')!r}", path=path,
                                   fix=f"nanoft loads {', '.join(FAMILIES)} checkpoints")
-        try:
-            if model_type == "distilbert":
-                known = {"model_type", "vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "activation",
-                         "max_position_embeddings", "dropout", "attention_dropout", "seq_classif_dropout",
-                         "pad_token_id"}
-                cfg = cls(family="distilbert", vocab_size=hf["vocab_size"], hidden_size=hf.get("dim", 768),
-                          num_layers=hf.get("n_layers", 6), num_heads=hf.get("n_heads", 12),
-                          intermediate_size=hf.get("hidden_dim", 3072), activation=hf.get("activation", "gelu"),
-                          max_position_embeddings=hf.get("max_position_embeddings", 512), type_vocab_size=0,
-                          layer_norm_eps=1e-12, hidden_dropout=hf.get("dropout", 0.1),
-                          attention_dropout=hf.get("attention_dropout", 0.1),
-                          classifier_dropout=hf.get("seq_classif_dropout", 0.2),
-                          pad_token_id=hf.get("pad_token_id", 0) or 0)
-            else:
-                known = {"model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                         "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
-                         "layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob",
-                         "classifier_dropout", "pad_token_id"}
-                pad = hf.get("pad_token_id", 1 if model_type == "roberta" else 0)
-                pad = pad if pad is not None else 0
-                cfg = cls(family=model_type, vocab_size=hf["vocab_size"], hidden_size=hf.get("hidden_size", 768),
-                          num_layers=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
-                          intermediate_size=hf.get("intermediate_size", 3072),
-                          activation=hf.get("hidden_act", "gelu"),
-                          max_position_embeddings=hf.get("max_position_embeddings", 512),
-                          type_vocab_size=hf.get("type_vocab_size", 2),
-                          layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-                          hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
-                          attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-                          classifier_dropout=hf.get("classifier_dropout"),
-                          pad_token_id=pad, position_offset=pad + 1 if model_type == "roberta" else 0)
-        except KeyError as e:
-            raise CheckpointError(f"config.json lacks required key {e.args[0]!r}", path=path) from None
+        values = {**family.config_defaults,
+                  **{name: hf[key] for name, key in family.config_keys.items() if key in hf}}
+        for name in REQUIRED:
+            if name not in values:
+                raise CheckpointError(f"config.json lacks required key {family.config_keys[name]!r}", path=path)
+        if values.get("pad_token_id", 0) is None:
+            del values["pad_token_id"]  # null: ModelConfig's default
+        cfg = cls(family=family.name, **values)
+        if family.positions_after_pad:
+            cfg.position_offset = cfg.pad_token_id + 1
+        known = {"model_type", *family.config_keys.values()}
         cfg.extra = {k: v for k, v in hf.items() if k not in known}
         nanoft_extra = cfg.extra.pop("nanoft", None)
         if isinstance(nanoft_extra, dict):
@@ -118,25 +95,13 @@ class ModelConfig:
 
     def to_hf(self) -> Dict[str, Any]:
         """The config.json `transformers` reads back (plus a `nanoft` block for our own settings)."""
-        if self.family == "distilbert":
-            hf: Dict[str, Any] = {
-                "model_type": "distilbert", "vocab_size": self.vocab_size, "dim": self.hidden_size,
-                "n_layers": self.num_layers, "n_heads": self.num_heads, "hidden_dim": self.intermediate_size,
-                "activation": self.activation, "max_position_embeddings": self.max_position_embeddings,
-                "dropout": self.hidden_dropout, "attention_dropout": self.attention_dropout,
-                "seq_classif_dropout": self.classifier_dropout if self.classifier_dropout is not None else 0.2,
-                "pad_token_id": self.pad_token_id,
-            }
-        else:
-            hf = {
-                "model_type": self.family, "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-                "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
-                "intermediate_size": self.intermediate_size, "hidden_act": self.activation,
-                "max_position_embeddings": self.max_position_embeddings, "type_vocab_size": self.type_vocab_size,
-                "layer_norm_eps": self.layer_norm_eps, "hidden_dropout_prob": self.hidden_dropout,
-                "attention_probs_dropout_prob": self.attention_dropout,
-                "classifier_dropout": self.classifier_dropout, "pad_token_id": self.pad_token_id,
-            }
+        from nanoft.weights.family import get_family
+
+        family = get_family(self.family)
+        hf: Dict[str, Any] = {"model_type": family.model_types[0]}
+        for name, key in family.config_keys.items():
+            value = getattr(self, name)
+            hf[key] = family.config_defaults.get(name) if value is None else value
         out = {**self.extra, **hf}
         if self.attention != "full" or self.attention_options:
             out["nanoft"] = {"attention": self.attention, "attention_options": self.attention_options}

@@ -1,4 +1,4 @@
-"""Loading and saving Hugging Face-layout checkpoints for the three families.
+"""Loading and saving Hugging Face-layout checkpoints for every registered family (`nanoft.weights.family`).
 
 Loading builds the model on the `meta` device (no memory, no random init), maps the
 checkpoint's tensors by memory map, renames them with the family's key map, checks that
@@ -22,6 +22,7 @@ from nanoft.errors import CheckpointError, ConfigError
 from nanoft.models import EncoderModel, count_parameters
 from nanoft.models.encoder import init_weights
 from nanoft.weights import keymap
+from nanoft.weights.family import get_family
 from nanoft.weights.safetensors_io import SafetensorsFile, atomic_write_json, save_file
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,8 @@ def load_model(path: Union[str, Path, None] = None, head: Optional[str] = "class
     with torch.device("meta"):
         model = EncoderModel(config, head=head, num_labels=num_labels)
     expected = model.state_dict()
-    name_of = keymap.from_hf_map(list(expected.keys()), config.family, head)
+    family = get_family(config.family)
+    name_of = keymap.from_hf_map(list(expected.keys()), family, head)
 
     report = LoadReport(path=str(path))
     state: Dict[str, torch.Tensor] = {}
@@ -199,10 +201,10 @@ def load_model(path: Union[str, Path, None] = None, head: Optional[str] = "class
     for file in files:
         st = SafetensorsFile(file)
         for key in st.keys():
-            norm = keymap.normalise_hf(key, config.family)
+            norm = keymap.normalise_hf(key, family)
             ours = name_of.get(norm)
             if ours is None:
-                (report.skipped if keymap.is_ignorable(norm) else unexpected).append(key)
+                (report.skipped if keymap.is_skipped(norm, family) else unexpected).append(key)
                 continue
             if ours in state:
                 continue  # an alias of a tensor already read (e.g. decoder.bias)
@@ -225,7 +227,7 @@ def load_model(path: Union[str, Path, None] = None, head: Optional[str] = "class
             if target is None:
                 target = tensor.dtype if tensor.is_floating_point() else torch.float32
             state[ours] = tensor
-    missing = [keymap.to_hf(k, config.family, head, with_prefix=False) for k in expected
+    missing = [keymap.to_hf(k, family, head, with_prefix=False) for k in expected
                if k not in state and not k.startswith("head.") and ".core." not in k]
     problems = []
     if missing:
@@ -255,7 +257,7 @@ def load_model(path: Union[str, Path, None] = None, head: Optional[str] = "class
 def read_hf_tensors(model: EncoderModel, file: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """The tensors of an HF-layout safetensors file under `model`'s own names (other keys skipped)."""
     st = SafetensorsFile(file)
-    family = model.config.family
+    family = get_family(model.config.family)
     name_of = keymap.from_hf_map(list(model.state_dict().keys()), family, model.head_kind)
     tensors: Dict[str, torch.Tensor] = {}
     for key in st.keys():
@@ -267,29 +269,14 @@ def read_hf_tensors(model: EncoderModel, file: Union[str, Path]) -> Dict[str, to
 
 def hf_state_dict(model: EncoderModel) -> Dict[str, torch.Tensor]:
     """The model's tensors under their Hugging Face names (prefixed when a head is present)."""
-    config = model.config
+    family = get_family(model.config.family)
     with_prefix = model.head_kind is not None
     out: Dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
-        out[keymap.to_hf(name, config.family, model.head_kind, with_prefix)] = tensor
-    if model.head_kind == "masked-lm":
-        tied = {"bert": "cls.predictions.decoder.weight", "roberta": "lm_head.decoder.weight",
-                "distilbert": "vocab_projector.weight"}[config.family]
-        out[tied] = model.encoder.embeddings.word.weight.detach().clone()
+        out[keymap.to_hf(name, family, model.head_kind, with_prefix)] = tensor
+    if model.head_kind == "masked-lm" and family.mlm_decoder:
+        out[family.mlm_decoder] = model.encoder.embeddings.word.weight.detach().clone()
     return out
-
-
-HF_ARCHITECTURES = {
-    (None, "bert"): "BertModel", (None, "roberta"): "RobertaModel", (None, "distilbert"): "DistilBertModel",
-    ("classification", "bert"): "BertForSequenceClassification",
-    ("classification", "roberta"): "RobertaForSequenceClassification",
-    ("classification", "distilbert"): "DistilBertForSequenceClassification",
-    ("token-classification", "bert"): "BertForTokenClassification",
-    ("token-classification", "roberta"): "RobertaForTokenClassification",
-    ("token-classification", "distilbert"): "DistilBertForTokenClassification",
-    ("masked-lm", "bert"): "BertForMaskedLM", ("masked-lm", "roberta"): "RobertaForMaskedLM",
-    ("masked-lm", "distilbert"): "DistilBertForMaskedLM",
-}
 
 
 def save_model(model: EncoderModel, directory: Union[str, Path], label_names: Optional[List[str]] = None) -> Path:
@@ -298,17 +285,15 @@ def save_model(model: EncoderModel, directory: Union[str, Path], label_names: Op
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config
     hf = config.to_hf()
-    head = "classification" if model.head_kind == "regression" else model.head_kind
-    hf["architectures"] = [HF_ARCHITECTURES[(head, config.family)]]
+    hf["architectures"] = [get_family(config.family).hf_class(model.head_kind)]
     if model.head_kind in ("classification", "regression", "token-classification"):
         hf["num_labels"] = model.num_labels
         names = label_names or [f"LABEL_{i}" for i in range(model.num_labels)]
         hf["id2label"] = {str(i): n for i, n in enumerate(names)}
         hf["label2id"] = {n: i for i, n in enumerate(names)}
-        hf["problem_type"] = ("regression" if model.head_kind == "regression"
-                              else "single_label_classification" if head == "classification" else None)
-        if hf["problem_type"] is None:
-            del hf["problem_type"]
+        problem = {"classification": "single_label_classification", "regression": "regression"}.get(model.head_kind)
+        if problem:
+            hf["problem_type"] = problem
     hf["nanoft_head"] = model.head_kind
     save_file(hf_state_dict(model), directory / "model.safetensors")
     atomic_write_json(directory / "config.json", hf)

@@ -2,105 +2,57 @@
 
 nanoft names what things are (`encoder.layers.3.attention.query`); Hugging Face checkpoints
 use each family's historical names (`bert.encoder.layer.3.attention.self.query`,
-`distilbert.transformer.layer.3.attention.q_lin`). One table per family translates a nanoft
-name into the canonical HF name; loading inverts it after normalising legacy spellings
-(`gamma`/`beta`, with or without the `bert.`/`roberta.`/`distilbert.` prefix).
+`distilbert.transformer.layer.3.attention.q_lin`). The family's `Family` record holds its tables;
+this module applies them: a nanoft name to the canonical HF name, and back after normalising
+legacy spellings (`gamma`/`beta`, with or without the family's `bert.`/`roberta.`/… prefix).
 """
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-PREFIX = {"bert": "bert", "roberta": "roberta", "distilbert": "distilbert"}
+from nanoft.weights.family import Family, Pairs
 
-# (nanoft pattern, HF pattern) — `{i}` is the layer index; the HF side is relative to the base prefix.
-_LAYER_BERT = [
-    ("encoder.layers.{i}.attention.query", "encoder.layer.{i}.attention.self.query"),
-    ("encoder.layers.{i}.attention.key", "encoder.layer.{i}.attention.self.key"),
-    ("encoder.layers.{i}.attention.value", "encoder.layer.{i}.attention.self.value"),
-    ("encoder.layers.{i}.attention.output", "encoder.layer.{i}.attention.output.dense"),
-    ("encoder.layers.{i}.attention_norm", "encoder.layer.{i}.attention.output.LayerNorm"),
-    ("encoder.layers.{i}.ffn.intermediate", "encoder.layer.{i}.intermediate.dense"),
-    ("encoder.layers.{i}.ffn.output", "encoder.layer.{i}.output.dense"),
-    ("encoder.layers.{i}.ffn_norm", "encoder.layer.{i}.output.LayerNorm"),
-]
-_LAYER_DISTILBERT = [
-    ("encoder.layers.{i}.attention.query", "transformer.layer.{i}.attention.q_lin"),
-    ("encoder.layers.{i}.attention.key", "transformer.layer.{i}.attention.k_lin"),
-    ("encoder.layers.{i}.attention.value", "transformer.layer.{i}.attention.v_lin"),
-    ("encoder.layers.{i}.attention.output", "transformer.layer.{i}.attention.out_lin"),
-    ("encoder.layers.{i}.attention_norm", "transformer.layer.{i}.sa_layer_norm"),
-    ("encoder.layers.{i}.ffn.intermediate", "transformer.layer.{i}.ffn.lin1"),
-    ("encoder.layers.{i}.ffn.output", "transformer.layer.{i}.ffn.lin2"),
-    ("encoder.layers.{i}.ffn_norm", "transformer.layer.{i}.output_layer_norm"),
-]
-_EMBEDDINGS = [
-    ("encoder.embeddings.word", "embeddings.word_embeddings"),
-    ("encoder.embeddings.position", "embeddings.position_embeddings"),
-    ("encoder.embeddings.token_type", "embeddings.token_type_embeddings"),
-    ("encoder.embeddings.norm", "embeddings.LayerNorm"),
-]
-# Head modules: HF names here are absolute (a leading "@" means "inside the base prefix").
-_HEADS = {
-    ("bert", "classification"): [("head.dense", "@pooler.dense"), ("head.out", "classifier")],
-    ("roberta", "classification"): [("head.dense", "classifier.dense"), ("head.out", "classifier.out_proj")],
-    ("distilbert", "classification"): [("head.dense", "pre_classifier"), ("head.out", "classifier")],
-    ("bert", "masked-lm"): [("head.dense", "cls.predictions.transform.dense"),
-                            ("head.norm", "cls.predictions.transform.LayerNorm"), ("head.bias", "cls.predictions.bias")],
-    ("roberta", "masked-lm"): [("head.dense", "lm_head.dense"), ("head.norm", "lm_head.layer_norm"),
-                               ("head.bias", "lm_head.bias")],
-    ("distilbert", "masked-lm"): [("head.dense", "vocab_transform"), ("head.norm", "vocab_layer_norm"),
-                                  ("head.bias", "vocab_projector.bias")],
-}
-# Aliases HF also writes for the same tensor (loaded if present, never required).
-_HEAD_ALIASES = {
-    "cls.predictions.decoder.bias": "head.bias",
-    "lm_head.decoder.bias": "head.bias",
-}
-# Tensors a checkpoint may carry that nanoft derives or does not use: skipped, not errors.
-_IGNORED = [
-    r"(.*\.)?position_ids", r"(.*\.)?token_type_ids", r"(.*\.)?pooler\..*", r"cls\..*", r"lm_head\..*",
-    r"classifier\..*", r"pre_classifier\..*", r"vocab_transform\..*", r"vocab_layer_norm\..*",
-    r"vocab_projector\..*", r"qa_outputs\..*", r"(.*\.)?masked_bias", r"(.*\.)?attention\.self\.distance_embedding\..*",
-]
-_IGNORED_RE = re.compile("^(" + "|".join(_IGNORED) + ")$")
+# Tensors any checkpoint may carry that nanoft derives or does not use: skipped, not errors.
+# Each family adds its own heads' names (`Family.skipped`).
+_SKIPPED = (r"(.*\.)?position_ids", r"(.*\.)?token_type_ids", r"(.*\.)?pooler\..*", r"classifier\..*",
+            r"qa_outputs\..*", r"(.*\.)?masked_bias", r"(.*\.)?attention\.self\.distance_embedding\..*")
 NANOFT_PREFIX = "nanoft."  # tensors with no HF counterpart (efficient-attention parameters …)
+_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
 
 
-def _head_key(head: Optional[str]) -> Optional[str]:
-    return "classification" if head == "regression" else head
+def head_rules(family: Family, head: Optional[str]) -> Pairs:
+    return family.heads.get("classification" if head == "regression" else head, ())
 
 
-def head_rules(family: str, head: Optional[str]) -> List[Tuple[str, str]]:
-    if head == "token-classification":
-        return [("head.out", "classifier")]
-    return _HEADS.get((family, _head_key(head)), [])
-
-
-def to_hf(name: str, family: str, head: Optional[str], with_prefix: bool) -> str:
-    """The HF checkpoint key for a nanoft state-dict key."""
+def _hf_head_name(name: str, ours: str, theirs: str, prefix: str) -> Optional[str]:
+    """The HF name of tensor `name` under the head rule (ours → theirs), or None if it does not apply."""
     module, _, leaf = name.rpartition(".")
-    prefix = PREFIX[family] + "." if with_prefix else ""
+    if name != ours and module != ours:
+        return None
+    hf = theirs if name == ours else f"{theirs}.{leaf}"
+    return prefix + hf[1:] if hf.startswith("@") else hf
+
+
+def to_hf(name: str, family: Family, head: Optional[str], with_prefix: bool) -> str:
+    """The HF checkpoint key for a nanoft state-dict key."""
+    prefix = family.prefixes[0] + "." if with_prefix else ""
     for ours, theirs in head_rules(family, head):
-        if name == ours or module == ours:
-            hf = theirs if name == ours else f"{theirs}.{leaf}"
-            return prefix + hf[1:] if hf.startswith("@") else hf
-    m = re.match(r"^encoder\.layers\.(\d+)\.(.*)$", module)
-    table = _LAYER_DISTILBERT if family == "distilbert" else _LAYER_BERT
-    if m:
-        i = m.group(1)
-        for ours, theirs in table:
-            if module == ours.format(i=i):
-                return f"{prefix}{theirs.format(i=i)}.{leaf}"
-    for ours, theirs in _EMBEDDINGS:
-        if module == ours:
-            return f"{prefix}{theirs}.{leaf}"
+        hf = _hf_head_name(name, ours, theirs, prefix)
+        if hf is not None:
+            return hf
+    module, _, leaf = name.rpartition(".")
+    layer = _LAYER.match(module)
+    i = layer.group(1) if layer else None
+    for ours, theirs in family.layer_keys if layer else family.embedding_keys:
+        if module == ours.format(i=i):
+            return f"{prefix}{theirs.format(i=i)}.{leaf}"
     return NANOFT_PREFIX + name
 
 
-def normalise_hf(key: str, family: str) -> str:
+def normalise_hf(key: str, family: Family) -> str:
     """Strip the base prefix and modernise legacy LayerNorm names (gamma/beta)."""
-    for p in PREFIX.values():
+    for p in family.prefixes:
         if key.startswith(p + "."):
             key = key[len(p) + 1:]
             break
@@ -111,16 +63,18 @@ def normalise_hf(key: str, family: str) -> str:
     return key
 
 
-def from_hf_map(nanoft_keys: List[str], family: str, head: Optional[str]) -> Dict[str, str]:
-    """{normalised HF key: nanoft key} for every tensor of the model, plus known aliases."""
+def from_hf_map(nanoft_keys: List[str], family: Family, head: Optional[str]) -> Dict[str, str]:
+    """{normalised HF key: nanoft key} for every tensor of the model, plus the other names HF writes."""
     out: Dict[str, str] = {}
     for name in nanoft_keys:
         out[normalise_hf(to_hf(name, family, head, with_prefix=False), family)] = name
-    if _head_key(head) == "masked-lm":
-        for alias, ours in _HEAD_ALIASES.items():
-            out.setdefault(alias, ours)
+        for ours, theirs in head_rules(family, head):  # a canonical name first, then its aliases
+            hf = _hf_head_name(name, ours, theirs, prefix="")
+            if hf is not None:
+                out.setdefault(normalise_hf(hf, family), name)
     return out
 
 
-def is_ignorable(normalised_key: str) -> bool:
-    return bool(_IGNORED_RE.match(normalised_key))
+def is_skipped(normalised_key: str, family: Family) -> bool:
+    """A tensor nanoft leaves unused (a head it does not build, a derived buffer)."""
+    return any(re.fullmatch(pattern, normalised_key) for pattern in (*_SKIPPED, *family.skipped))

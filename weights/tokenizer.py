@@ -1,8 +1,8 @@
-"""Tokenizers for the three families, built on the `tokenizers` library (Rust, fast, batched).
+"""Tokenizers for the model families, built on the `tokenizers` library (Rust, fast, batched).
 
 `load_tokenizer(dir)` prefers the directory's `tokenizer.json`; without one it builds the
-family's tokenizer from `vocab.txt` (BERT/DistilBERT WordPiece) or `vocab.json` + `merges.txt`
-(RoBERTa byte-level BPE). Any padding/truncation preset stored in a shipped tokenizer.json is
+family's tokenizer (`Family.tokenizer`) from `vocab.txt` (BERT/DistilBERT WordPiece) or `vocab.json` +
+`merges.txt` (RoBERTa byte-level BPE). Any padding/truncation preset stored in a shipped tokenizer.json is
 switched off: nanoft truncates explicitly per call and pads per batch.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from nanoft.errors import CheckpointError
+from nanoft.weights.family import find_family, get_family
 
 
 def _read_json(path: Path) -> dict:
@@ -63,7 +64,7 @@ class Tokenizer:
         inputs = list(texts) if pairs is None else list(zip(texts, pairs))
         encodings = self.backend.encode_batch(inputs, add_special_tokens=True)
         ids = [e.ids for e in encodings]
-        if self.family == "roberta":  # RoBERTa has one token type; its processor may still emit 1s
+        if get_family(self.family).one_token_type:  # RoBERTa: its pair processor may still emit 1s
             types = [[0] * len(e.ids) for e in encodings]
         else:
             types = [e.type_ids for e in encodings]
@@ -145,12 +146,9 @@ def load_tokenizer(path: Union[str, Path, None] = None) -> Tokenizer:
         path = path.parent
     if not path.is_dir():
         raise CheckpointError("tokenizer directory does not exist", path=str(path))
-    family = "bert"
-    config = path / "config.json"
-    if config.is_file():
-        model_type = _read_json(config).get("model_type", "bert")
-        family = "roberta" if model_type in ("roberta", "xlm-roberta", "camembert") else (
-            "distilbert" if model_type == "distilbert" else "bert")
+    config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
+    found = find_family(config) if isinstance(config, dict) else None
+    family = found.name if found else "bert"
     tok_config = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
 
     if (path / "tokenizer.json").is_file():
@@ -167,7 +165,8 @@ def load_tokenizer(path: Union[str, Path, None] = None) -> Tokenizer:
         backend = _byte_level_bpe(path / "vocab.json", path / "merges.txt",
                                   add_prefix_space=bool(tok_config.get("add_prefix_space", False)))
         kind = "bpe"
-        family = "roberta"
+        if get_family(family).tokenizer != "bpe":
+            family = "roberta"  # byte-level BPE files without a BPE family in config.json: RoBERTa's
     else:
         raise CheckpointError("no tokenizer found (need tokenizer.json, vocab.txt, or vocab.json + merges.txt)",
                               path=str(path), fix="copy the tokenizer files next to config.json")

@@ -1,8 +1,9 @@
 """Task heads on top of the encoder's last hidden state.
 
-The three families' sequence-classification heads are one shape, `out(drop(act(dense(cls))))`,
+The families' sequence-classification heads are one shape, `out(drop(act(dense(cls))))`,
 differing only in the activation (tanh for BERT's pooler and RoBERTa, ReLU for DistilBERT) and
-whether dropout also precedes the dense layer (RoBERTa). So there is one class, configured.
+whether dropout also precedes the dense layer (RoBERTa). So there is one class, configured by the
+family's `Family` record.
 """
 from __future__ import annotations
 
@@ -14,8 +15,14 @@ from torch import nn
 
 from nanoft.config import ModelConfig
 from nanoft.models.encoder import activation_fn
+from nanoft.weights.family import get_family
 
 HEADS = ("classification", "regression", "token-classification", "masked-lm")
+
+
+def classifier_dropout(config: ModelConfig) -> nn.Dropout:
+    """The classifier's dropout: its own rate if the checkpoint sets one, else the encoder's."""
+    return nn.Dropout(config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout)
 
 
 class ClassificationHead(nn.Module):
@@ -26,25 +33,23 @@ class ClassificationHead(nn.Module):
         h = config.hidden_size
         self.dense = nn.Linear(h, h)
         self.out = nn.Linear(h, num_labels)
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
-        self.dropout = nn.Dropout(p)
-        self.activation = "relu" if config.family == "distilbert" else "tanh"
-        self.dropout_before_dense = config.family == "roberta"
+        self.dropout = classifier_dropout(config)
+        family = get_family(config.family)
+        self.act = activation_fn(family.head_activation)
+        self.dropout_before_dense = family.dropout_before_dense
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden[:, 0]  # (batch, hidden): the first token summarises the sequence
         if self.dropout_before_dense:
             x = self.dropout(x)
         x = self.dense(x)
-        x = torch.tanh(x) if self.activation == "tanh" else F.relu(x)
-        return self.out(self.dropout(x))
+        return self.out(self.dropout(self.act(x)))
 
 
 class TokenClassificationHead(nn.Module):
     def __init__(self, config: ModelConfig, num_labels: int) -> None:
         super().__init__()
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
-        self.dropout = nn.Dropout(p)
+        self.dropout = classifier_dropout(config)
         self.out = nn.Linear(config.hidden_size, num_labels)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -58,7 +63,7 @@ class MaskedLMHead(nn.Module):
         super().__init__()
         h = config.hidden_size
         self.dense = nn.Linear(h, h)
-        self.act = activation_fn("gelu" if config.family == "roberta" else config.activation)
+        self.act = activation_fn(get_family(config.family).mlm_activation or config.activation)
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
