@@ -71,6 +71,10 @@ class RunDir:
         """Refuse what would clobber a run: an existing run without --overwrite/--resume, or a live writer."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError("run directory is a file", path=str(self.path), fix="choose another --output")
+        holder = self.lock_holder()
+        if holder is not None:
+            raise RunLocked(f"another nanoft process ({holder}) is writing this run directory", path=str(self.path),
+                            fix="wait for it to finish, stop it, or choose another --output")
         if not self.exists():
             if resume:
                 raise ConfigError("nothing to resume: the run directory does not exist or is empty", path=str(self.path),
@@ -79,10 +83,6 @@ class RunDir:
         if not (overwrite or resume):
             raise ConfigError("run directory already exists", path=str(self.path),
                               fix="pass --overwrite to replace it, --resume to continue it, or --output elsewhere")
-        holder = self.lock_holder()
-        if holder is not None:
-            raise RunLocked(f"another nanoft process ({holder}) is writing this run directory", path=str(self.path),
-                            fix="wait for it to finish, stop it, or choose another --output")
         if resume and self.find_checkpoint() is None:
             legacy = self.checkpoint / LEGACY_STATE
             if legacy.is_file():
