@@ -185,8 +185,9 @@ def mark_trainable(model: nn.Module) -> None:
 
 def trainable_summary(model: nn.Module) -> Dict[str, Any]:
     """{trainable, total, percent}: parameter counts (each shared tensor once)."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    from nanoft.models import count_parameters
+
+    total, trainable = count_parameters(model)
     return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / max(total, 1)}
 
 

@@ -12,7 +12,7 @@ p = 1 keeps every gradient: the run equals the baseline.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 

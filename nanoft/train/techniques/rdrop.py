@@ -16,7 +16,7 @@ reduced once).
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Dict
 
 import torch
 import torch.nn.functional as F

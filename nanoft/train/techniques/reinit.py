@@ -9,13 +9,14 @@ stream as without re-init, and every other tensor stays bit-identical to the che
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import List
 
 import torch
 from torch import nn
 
 from nanoft.errors import ConfigError
 from nanoft.models.encoder import init_weights
+from nanoft.weights.family import get_family
 from nanoft.train.techniques.base import Technique, TrainerView
 
 _STANDARD = (nn.Linear, nn.Embedding, nn.LayerNorm)
@@ -29,8 +30,11 @@ def reinit_modules(model: nn.Module, k: int) -> List[nn.Module]:
                           fix=f"use --reinit-layers between 0 and {len(layers)}")
     modules: List[nn.Module] = list(layers[len(layers) - k:]) if k else []
     head = getattr(model, "head", None)
-    # only BERT's head.dense is a pretrained pooler; RoBERTa/DistilBERT's is part of the task head
-    if k and model.config.family == "bert" and head is not None and hasattr(head, "dense"):
+    # only a family with a pretrained pooler (BERT) has one in head.dense; RoBERTa/DistilBERT's is part of
+    # the task head, and a masked-LM head's dense layer is no pooler
+    pooled = get_family(model.config.family).has_pooler and getattr(model, "head_kind", None) in (
+        "classification", "regression")
+    if k and pooled and head is not None and hasattr(head, "dense"):
         modules.append(head.dense)
     return modules
 

@@ -16,7 +16,7 @@ snapshots), which costs one fp32 copy of the model.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import torch
 
