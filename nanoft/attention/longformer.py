@@ -59,11 +59,11 @@ class LongformerAttention(SparseAttentionCore):
         self.check_inputs(q, k, v, key_padding_mask)
         batch, heads, n, dim = q.shape
         w = min(self.options.window, n - 1)
-        glob = [p for p in self.options.global_positions if p < n]
+        positions = [p for p in self.options.global_positions if p < n]
         if self._fused_ok(q, key_padding_mask):
-            return self._fused(q, k, v, key_padding_mask, w, len(glob))
+            return self._fused(q, k, v, key_padding_mask, w, len(positions))
         valid = key_is_valid(key_padding_mask, batch, n, q.device)  # (batch, seq)
-        glob = torch.tensor(glob, dtype=torch.long, device=q.device)
+        glob = torch.tensor(positions, dtype=torch.long, device=q.device)  # (globals,)
         q = q * self.scale  # scaling q (n x d) is cheaper than scaling scores, forward and backward
         c = query_block(w, n)
         if self.prefers_dense(n * n, -(-n // c) * c * (c + 2 * w)):  # n x n scores vs the bands
