@@ -342,15 +342,18 @@ def eval_command(run_or_model: str, task: Optional[str], split: Optional[str], d
 
 @cli.command()
 @click.argument("run_or_model", type=click.Path())
-@click.option("--input", "input_file", required=True, type=click.Path(), help="TSV/CSV/JSONL with the text column(s).")
+@click.option("--input", "input_file", required=True, type=click.Path(),
+              help="TSV/CSV/JSONL/Parquet/Arrow file with the text column(s), or .txt: one text per line.")
 @click.option("--output", "output_file", type=click.Path(), help="Where to write predictions (.csv, .tsv or .jsonl). [default: stdout as TSV]")
-@click.option("--text-column", "text_columns", multiple=True, help="Text column(s) of the input. [default: the run's]")
+@click.option("--text-column", "text_columns", multiple=True,
+              help="Text column(s) of the input. [default: the run's if the input has them, else its column "
+                   "'text' or its only text column]")
 @click.option("--no-header", is_flag=True, help="The input has no header row (columns are integers).")
 @click.option("--batch-size", default=128, show_default=True, help="Batch size.")
 @click.option("--max-length", default=None, type=int, help="Max tokens. [default: the run's]")
 def predict(run_or_model: str, input_file: str, output_file: Optional[str], text_columns: tuple, no_header: bool,
             batch_size: int, max_length: Optional[int]) -> None:
-    """Predict labels (with names and probabilities) for every row of a file."""
+    """Predict labels (with names and probabilities) for every row of a file; the output keeps the texts."""
     from nanoft.commands import predict_file
 
     text = predict_file(run_or_model, input_file, output_file, list(text_columns), no_header, batch_size, max_length)

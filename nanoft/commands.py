@@ -138,11 +138,83 @@ def evaluate_path(path: str, task_name: Optional[str], split: Optional[str], dat
     return "\n".join(rows)
 
 
+def _read_input(input_file: str, no_header: bool):
+    """The input table of `predict`: a .txt file is one text per line; other files as `read_table` reads them."""
+    from nanoft.tasks.files import read_lines, read_table
+
+    if Path(input_file).suffix.lower() == ".txt":
+        return read_lines(input_file)
+    return read_table(input_file, has_header=not no_header)
+
+
+def _has_columns(table, columns) -> bool:
+    """Whether `table` has every column: names in its header; positions only in a file read without a header
+    (a headerless run's position says nothing about a file whose header names its columns)."""
+    if table.header is None:
+        return all(isinstance(c, int) and c < table.width for c in columns)
+    return all(isinstance(c, str) and c in table.header for c in columns)
+
+
+def _is_text(values: List[str]) -> bool:
+    """A column holds text when some value is neither empty nor a number (ids and labels are numbers)."""
+    for value in values:
+        try:
+            float(value)
+        except ValueError:
+            if value.strip():
+                return True
+    return False
+
+
+def _predict_columns(table, asked: List[str], task) -> List[Any]:
+    """The text column(s) to predict on: --text-column; else the run's when the input has them; else the input's
+    column `text`, or its only column, or its only column holding text; else a DataError naming what was found."""
+    if asked:
+        if table.header is None and not all(c.strip().isdigit() for c in asked):
+            raise ConfigError(f"--text-column {asked[0]!r}: --no-header files have no column names",
+                              fix="give columns as 0-based positions, e.g. --text-column 0")
+        columns: List[Any] = [int(c) if table.header is None else c for c in asked]
+        for c in columns:
+            table.column_index(c)  # a missing column lists the columns found
+        return columns
+    if task is not None:
+        layouts = [tuple(task.text_columns)]
+        if task.headerless is not None:
+            layouts.append(tuple(task.headerless.text_columns))
+        for layout in layouts:
+            if _has_columns(table, layout):
+                return list(layout)
+    names = list(table.header) if table.header is not None else list(range(table.width))
+    if "text" in names:
+        return ["text"]
+    texts = [c for c in names if _is_text([row[names.index(c)] for row in table.rows])]
+    if task is None or not task.is_pair:
+        if len(names) == 1:
+            return names
+        if len(texts) == 1:
+            return texts
+    found = ", ".join(repr(c) for c in names) if table.header is not None else f"0..{table.width - 1} (no header)"
+    what = (f"the run reads sentence pairs from columns {', '.join(map(repr, task.text_columns))}, which the "
+            "input lacks" if task is not None and task.is_pair else "which column holds the text?")
+    raise DataError(f"{what} columns found: {found}", path=table.path,
+                    fix="pass --text-column (twice for sentence pairs)")
+
+
+def _output_names(table, columns: List[Any], taken: List[str]) -> List[str]:
+    """Names of the input's text columns in the predictions file (never one of the prediction columns)."""
+    names = []
+    for k, c in enumerate(columns):
+        name = table.header[table.column_index(c)] if table.header is not None else ("text", "text_pair")[k]
+        names.append(f"input_{name}" if name in taken or name in names else name)
+    return names
+
+
 def predict_file(path: str, input_file: str, output_file: Optional[str], text_columns: List[str], no_header: bool,
                  batch_size: int, max_length: Optional[int]) -> str:
-    """Predicted label, its name and every class probability for each row of `input_file`."""
+    """For each row of `input_file`, in order: its index, the predicted label, its id and every class
+    probability (or the predicted value of a regression), then the input's text column(s)."""
     from nanoft.data import encode
-    from nanoft.tasks import Examples, read_table
+    from nanoft.tasks import Examples
     from nanoft.train.evaluate import predict_logits
     from nanoft.weights import load_model
 
@@ -150,21 +222,19 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     id2label = config.get("id2label") or {}
     regression = config.get("problem_type") == "regression"
-    columns: List[Any] = list(text_columns)
-    if not columns and run_config is not None:
+    task = None
+    if run_config is not None and not text_columns:
         try:
-            columns = list(_task_for(run_config, None, model_dir).text_columns)
+            task = _task_for(run_config, None, model_dir)
         except ConfigError:
-            columns = []
-    columns = columns or (["0"] if no_header else ["text"])
-    if no_header:
-        columns = [int(c) for c in columns]
-    table = read_table(input_file, has_header=not no_header)
+            task = None
+    table = _read_input(input_file, no_header)
+    columns = _predict_columns(table, list(text_columns), task)
     texts = table.column(columns[0])
     pairs = table.column(columns[1]) if len(columns) > 1 else None
     n = len(texts)
-    examples = Examples(texts=texts, text_pairs=pairs, labels=None, lines=np.arange(2, n + 2), source=str(input_file),
-                        fingerprint="")
+    examples = Examples(texts=texts, text_pairs=pairs, labels=None, lines=np.asarray(table.lines, dtype=np.int64),
+                        source=str(input_file), fingerprint="")
     max_length = max_length or (run_config or {}).get("max_length") or 128
     tokenizer = _tokenizer_for(model_dir, run_config)
     data = encode(examples, tokenizer, max_length, use_cache=False)
@@ -182,9 +252,13 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
             rec = {"index": i, "label": names[j], "label_id": j}
             rec.update({f"p_{name}": round(float(probs[i, k]), 6) for k, name in enumerate(names)})
             records.append(rec)
+    inputs = [texts] + ([pairs] if pairs is not None else [])
+    for name, values in zip(_output_names(table, columns, list(records[0]) if records else []), inputs):
+        for rec, value in zip(records, values):
+            rec[name] = value
     fmt = "tsv" if output_file is None else Path(output_file).suffix.lstrip(".").lower()
     if fmt == "jsonl":
-        text = "".join(json.dumps(r) + "\n" for r in records)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     else:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(records[0].keys()) if records else ["index"],

@@ -1,4 +1,4 @@
-"""Reading TSV, CSV and JSONL files into rows, with one-line errors that name file and line.
+"""Reading TSV, CSV, JSONL, Parquet and Arrow files into rows, with one-line errors that name file and line.
 
 Every user data file passes through `read_table`. It reads bytes once (so the content hash that
 keys the encoding cache costs nothing extra), decodes UTF-8 strictly, and keeps the physical line
@@ -8,6 +8,12 @@ Formats:
 - TSV: split on tab, no quoting (GLUE files contain literal quotes), every row as wide as the first.
 - CSV: RFC 4180 quoting, quoted fields may span lines (IMDB reviews do); the row's first line is kept.
 - JSONL: one JSON object per line; columns are the keys of the first object.
+- Parquet (.parquet, .pq) and Arrow (.arrow, .feather, .ipc: Arrow IPC file or stream, Feather v1/v2),
+  the formats of the Hugging Face `datasets` ecosystem, through the optional pyarrow (`nanoft[parquet]`).
+  Columns are always named; values become the strings a TSV would hold (ints as digits, bools as 1/0,
+  nulls as empty, lists and dicts as JSON), so a file gives the same examples as the same data in TSV.
+  These formats have no lines: `lines[i]` is the 1-based row number, so "file.parquet:7:" is row 7.
+- Text (`read_lines`, for `nanoft predict --input file.txt`): one text per line, column `text`.
 """
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ from typing import List, Optional, Union
 from nanoft.errors import DataError
 
 Column = Union[str, int]
-FORMATS = ("tsv", "csv", "jsonl")
+FORMATS = ("tsv", "csv", "jsonl", "parquet", "arrow")
+COLUMNAR = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow"}
 
 
 @dataclass
@@ -74,8 +81,11 @@ class Table:
 
 
 def detect_format(path: Union[str, Path]) -> str:
-    """File format from its extension: .tsv/.txt -> tsv, .csv -> csv, .jsonl/.json/.ndjson -> jsonl."""
+    """File format from its extension: .tsv/.txt -> tsv, .csv -> csv, .jsonl/.json/.ndjson -> jsonl,
+    .parquet/.pq -> parquet, .arrow/.feather/.ipc -> arrow."""
     suffix = Path(path).suffix.lower()
+    if suffix in COLUMNAR:
+        return COLUMNAR[suffix]
     if suffix in (".tsv", ".txt", ".tab"):
         return "tsv"
     if suffix == ".csv":
@@ -83,11 +93,11 @@ def detect_format(path: Union[str, Path]) -> str:
     if suffix in (".jsonl", ".json", ".ndjson"):
         return "jsonl"
     raise DataError(f"cannot tell the format from the extension '{suffix}'", path=str(path),
-                    fix="name the file .tsv, .csv or .jsonl")
+                    fix="name the file .tsv, .csv, .jsonl, .parquet or .arrow")
 
 
-def read_text(path: Union[str, Path]) -> tuple:
-    """(text, sha256) of a UTF-8 file; missing, empty and non-UTF-8 files are DataErrors."""
+def read_bytes(path: Union[str, Path]) -> bytes:
+    """The bytes of a data file; a missing, directory or empty (or all-blank) file is a DataError."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "file not found"
@@ -95,6 +105,13 @@ def read_text(path: Union[str, Path]) -> tuple:
     data = path.read_bytes()
     if not data.strip():
         raise DataError("file is empty", path=str(path), fix="point at a file with a header and rows")
+    return data
+
+
+def read_text(path: Union[str, Path]) -> tuple:
+    """(text, sha256) of a UTF-8 file; missing, empty and non-UTF-8 files are DataErrors."""
+    path = Path(path)
+    data = read_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -192,15 +209,97 @@ def _json_field(value: object) -> str:
         return str(int(value))
     if value is None:
         return ""
-    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    # default=str: Parquet lists and structs may hold dates or decimals, which JSON has no type for
+    return json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
+
+
+def _pyarrow(path: str, format: str):
+    try:
+        import pyarrow
+    except ImportError:
+        raise DataError(f"reading {format.capitalize()} files needs pyarrow, which is not installed", path=path,
+                        fix="pip install nanoft[parquet]") from None
+    return pyarrow
+
+
+def _arrow_table(pa, data: bytes):
+    """An Arrow table from IPC file bytes (Feather v2), IPC stream bytes (`datasets` cache files) or Feather v1."""
+    import pyarrow.feather
+    import pyarrow.ipc
+
+    readers = (lambda b: pyarrow.ipc.open_file(b).read_all(), lambda b: pyarrow.ipc.open_stream(b).read_all(),
+               pyarrow.feather.read_table)
+    first: Optional[Exception] = None
+    for read in readers:
+        try:
+            return read(pa.BufferReader(data))
+        except (pa.ArrowException, OSError, ValueError) as e:
+            first = first or e
+    raise first  # type: ignore[misc]
+
+
+def _read_columnar(path: str, data: bytes, format: str) -> tuple:
+    """(header, rows, lines) of a Parquet or Arrow file; lines are 1-based row numbers."""
+    pa = _pyarrow(path, format)
+    try:
+        if format == "parquet":
+            import pyarrow.parquet
+
+            table = pyarrow.parquet.read_table(pa.BufferReader(data))
+        else:
+            table = _arrow_table(pa, data)
+        table.validate(full=True)  # offsets and UTF-8 checked before any value is read: damage is an error, not a crash
+    except (pa.ArrowException, OSError, ValueError, EOFError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        kind = "Parquet" if format == "parquet" else "Arrow IPC/Feather"
+        raise DataError(f"not a readable {kind} file ({reason})", path=path,
+                        fix="the file may be truncated or of another format: write it again") from None
+    header = [str(name) for name in table.column_names]
+    if len(set(header)) != len(header):
+        twice = next(name for name in header if header.count(name) > 1)
+        raise DataError(f"column {twice!r} appears twice", path=path, fix="give every column its own name")
+    columns = []
+    for name, column in zip(header, table.columns):
+        values = column.to_pylist()
+        for i, value in enumerate(values):
+            if isinstance(value, (bytes, bytearray)):
+                try:
+                    values[i] = bytes(value).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(f"column {name!r} holds bytes that are not UTF-8 text", path=path, line=i + 1,
+                                    fix="store text columns as strings") from None
+        columns.append([_json_field(v) for v in values])
+    rows = [list(row) for row in zip(*columns)] if columns else []
+    return header, rows, list(range(1, len(rows) + 1))
+
+
+def read_lines(path: Union[str, Path]) -> Table:
+    """A plain text file as a one-column table `text`: one text per non-blank line."""
+    text, sha = read_text(path)
+    rows: List[List[str]] = []
+    lines: List[int] = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if line.strip():
+            rows.append([line])
+            lines.append(number)
+    return Table(path=str(path), format="lines", header=["text"], rows=rows, lines=lines, sha256=sha)
 
 
 def read_table(path: Union[str, Path], format: Optional[str] = None, has_header: bool = True) -> Table:
-    """Read a whole TSV/CSV/JSONL file into a `Table` of strings (JSONL always has named columns)."""
+    """Read a whole TSV/CSV/JSONL/Parquet/Arrow file into a `Table` of strings (JSONL, Parquet and Arrow
+    always have named columns)."""
     path = Path(path)
     format = format or detect_format(path)
     if format not in FORMATS:
         raise DataError(f"unknown format '{format}'", path=str(path), fix=f"use one of {', '.join(FORMATS)}")
+    if format in ("parquet", "arrow"):
+        data = read_bytes(path)
+        header, rows, lines = _read_columnar(str(path), data, format)
+        if not rows:
+            raise DataError("file has columns but no rows", path=str(path), fix="add data rows")
+        return Table(path=str(path), format=format, header=header, rows=rows, lines=lines,
+                     sha256=hashlib.sha256(data).hexdigest())
     text, sha = read_text(path)
     if format == "tsv":
         header, header_line, rows, lines = _read_tsv(str(path), text, has_header)

@@ -244,5 +244,6 @@ def test_predict_writes_labels_and_probabilities(tiny_config, tiny_task, tmp_pat
     lines = out.read_text().splitlines()
     header = lines[0].split(",")
     assert header[:3] == ["index", "label", "label_id"] and len(lines) == 33
+    assert header[-1] == "text"  # the input's text column follows the probabilities (#18)
     row = lines[1].split(",")
-    assert abs(sum(float(x) for x in row[3:]) - 1) < 1e-4
+    assert abs(sum(float(x) for x in row[3:-1]) - 1) < 1e-4
