@@ -1,4 +1,4 @@
-"""The `nanoft` command: info, train, pretrain, eval, predict, run, report, bench.
+"""The `nanoft` command: info, train, pretrain, eval, predict, run, report, bench, plot.
 
 Each command is a thin wrapper over a plain function; user errors (`NanoftError`) print one
 line and exit 2, never a traceback.
@@ -432,6 +432,58 @@ def _bench_command(name: str, module: str, function: str, help_text: str) -> Non
 
 for _name, (_module, _function, _help) in BENCHES.items():
     _bench_command(_name, _module, _function, _help)
+
+
+class PlotGroup(click.Group):
+    """`nanoft plot RUN...` is `nanoft plot runs RUN...`: arguments that name no subcommand go to `runs`."""
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["runs", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=PlotGroup)
+def plot() -> None:
+    """Pictures, PNG or SVG (needs matplotlib: pip install nanoft[plot]).
+
+    \b
+    nanoft plot RUN_OR_RUNS_DIR... --y loss --output loss.png    training curves; seeds as mean ± std
+    nanoft plot bench bench/results/attention_cpu.json            the figure of a benchmark result
+    """
+
+
+@plot.command("runs")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--y", "y", default="loss", show_default=True,
+              help="What to draw: loss, lr, grad_norm, examples_per_s, or SPLIT.METRIC of the evaluations "
+                   "(dev.accuracy, dev.matthews_corrcoef, dev.loss, ...).")
+@click.option("--x", "x", type=click.Choice(["step", "examples", "seconds"]), default="step", show_default=True,
+              help="Horizontal axis: optimizer steps, training examples seen, or training seconds.")
+@click.option("--smooth", default=1, show_default=True, help="Trailing mean over N logged points (1: none).")
+@click.option("--log-y", is_flag=True, help="Logarithmic y axis.")
+@click.option("--title", help="Figure title. [default: what is drawn]")
+@click.option("--output", "-o", "output", required=True, type=click.Path(), help="Picture file: .png or .svg.")
+def plot_runs_command(paths: Tuple[str, ...], y: str, x: str, smooth: int, log_y: bool, title: Optional[str],
+                      output: str) -> None:
+    """Curves of runs overlaid; the seed<k> runs of one experiment as mean with a ±std band."""
+    from nanoft.plot import plot_runs, save
+
+    click.echo(f"wrote {save(plot_runs(paths, y, x, smooth_window=smooth, title=title, log_y=log_y), output)}")
+
+
+@plot.command("bench")
+@click.argument("result", type=click.Path())
+@click.option("--output", "-o", "output", type=click.Path(),
+              help="Picture file: .png or .svg. [default: RESULT with .png]")
+@click.option("--title", help="Figure title. [default: from the result file]")
+def plot_bench_command(result: str, output: Optional[str], title: Optional[str]) -> None:
+    """The figure of a benchmark result file: attention scaling, PEFT, techniques or training speed."""
+    from pathlib import Path
+
+    from nanoft.plot import plot_bench, save
+
+    click.echo(f"wrote {save(plot_bench(result, title=title), output or Path(result).with_suffix('.png'))}")
 
 
 def main() -> None:

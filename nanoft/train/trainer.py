@@ -290,6 +290,7 @@ class Trainer:
             if p.step % c.log_every == 0 or p.step == self.total_steps:
                 self._log({"step": p.step, "epoch": round(p.epoch + self._epoch_progress(), 4),
                            "loss": stats["loss"], "lr": lr, "grad_norm": stats["grad_norm"],
+                           "examples": p.examples_seen * self.dist.world_size,
                            "examples_per_s": p.examples_seen / max(1e-9, p.train_seconds)})
             if c.eval_every and p.step % c.eval_every == 0 and self._evaluate_and_track():
                 return "early"
