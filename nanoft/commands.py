@@ -119,7 +119,7 @@ def evaluate_path(path: str, task_name: Optional[str], split: Optional[str], dat
                   batch_size: int, max_length: Optional[int]) -> str:
     from nanoft.data import encode
     from nanoft.train.evaluate import predict_logits, score
-    from nanoft.weights import load_model
+    from nanoft.weights import Truncation, load_model
 
     model_dir, run_config = _run_or_model(path)
     task = _task_for(run_config, task_name, model_dir)
@@ -130,7 +130,8 @@ def evaluate_path(path: str, task_name: Optional[str], split: Optional[str], dat
     model = load_model(model_dir, head=head, num_labels=task.num_labels)
     rows = []
     for name in ([split] if split else list(task.eval_splits)):
-        data = encode(task.load(data_dir, name), tokenizer, max_length)
+        data = encode(task.load(data_dir, name), tokenizer, max_length,
+                      truncation=Truncation.from_config(run_config or {}))  # the run's strategy
         if data.labels is None:
             raise DataError(f"split {name!r} has no labels to evaluate against", fix="choose a labelled split")
         metrics = score(task, predict_logits(model, data, tokenizer.pad_token_id, batch_size), data.labels)
@@ -216,7 +217,7 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     from nanoft.data import encode
     from nanoft.tasks import Examples
     from nanoft.train.evaluate import predict_logits
-    from nanoft.weights import load_model
+    from nanoft.weights import Truncation, load_model
 
     model_dir, run_config = _run_or_model(path)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -237,7 +238,8 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
                         source=str(input_file), fingerprint="")
     max_length = max_length or (run_config or {}).get("max_length") or 128
     tokenizer = _tokenizer_for(model_dir, run_config)
-    data = encode(examples, tokenizer, max_length, use_cache=False)
+    data = encode(examples, tokenizer, max_length, use_cache=False,
+                  truncation=Truncation.from_config(run_config or {}))  # cut long texts as the run did
     model = load_model(model_dir, head="regression" if regression else "classification")
     logits = predict_logits(model, data, tokenizer.pad_token_id, batch_size)
     records = []

@@ -3,8 +3,8 @@
 An `EncodedDataset` keeps all examples' ids back to back in one flat array plus offsets (no
 per-example Python lists, no padding): example i is `input_ids[offsets[i]:offsets[i + 1]]`.
 That is what the cache stores, in one `.npz` per (examples fingerprint, tokenizer fingerprint,
-max length); the examples fingerprint already covers the file's content hash, the text columns and
-the selected rows. A second run with the same key loads the arrays instead of tokenizing.
+max length, truncation strategy); the examples fingerprint already covers the file's content hash, the
+text columns and the selected rows. A second run with the same key loads the arrays instead of tokenizing.
 Each entry also stores a sha256 of its arrays, checked on load: a truncated, corrupted or planted
 file is rebuilt with a warning, never fed to training, and never unpickled (`allow_pickle=False`).
 
@@ -25,6 +25,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from nanoft.io import atomic_write_bytes
+from nanoft.weights.tokenizer import Truncation
 
 logger = logging.getLogger(__name__)
 
@@ -74,20 +75,23 @@ def _content_hash(examples: Any) -> str:
     return h.hexdigest()
 
 
-def cache_key(examples: Any, tokenizer: Any, max_length: int) -> str:
+def cache_key(examples: Any, tokenizer: Any, max_length: int, truncation: Optional[Truncation] = None) -> str:
+    """Everything the ids depend on; two truncation strategies never share an entry."""
     parts = [CACHE_VERSION, examples.fingerprint or _content_hash(examples), len(examples),
-             examples.text_pairs is not None, tokenizer.fingerprint, int(max_length)]
+             examples.text_pairs is not None, tokenizer.fingerprint, int(max_length),
+             (truncation or Truncation()).key()]
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
 
 
-def tokenize(examples: Any, tokenizer: Any, max_length: int) -> tuple:
+def tokenize(examples: Any, tokenizer: Any, max_length: int, truncation: Optional[Truncation] = None) -> tuple:
     """(input_ids int32, token_type_ids int8, offsets int64) through the tokenizer's batch API."""
     n = len(examples)
+    cut = {} if truncation is None else {"truncation": truncation}  # a stand-in tokenizer may not know it
     ids_chunks, type_chunks, lengths = [], [], np.zeros(n, dtype=np.int64)
     for start in range(0, n, CHUNK):
         stop = min(start + CHUNK, n)
         pairs = examples.text_pairs[start:stop] if examples.text_pairs is not None else None
-        ids, types = tokenizer.encode_batch(examples.texts[start:stop], pairs, max_length=max_length)
+        ids, types = tokenizer.encode_batch(examples.texts[start:stop], pairs, max_length=max_length, **cut)
         lengths[start:stop] = [len(x) for x in ids]
         count = int(lengths[start:stop].sum())
         ids_chunks.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=count))
@@ -136,15 +140,17 @@ def _load(path: Path, n: int) -> Optional[tuple]:
 
 
 def encode(task_or_examples: Any, tokenizer: Any, max_length: int, cache_dir: Union[str, Path, None] = None, *,
-           split: str = "train", data_dir: Union[str, Path, None] = None, use_cache: bool = True) -> EncodedDataset:
-    """Encode `Examples` (or `task.load(data_dir, split)` when given a Task), through the disk cache."""
+           split: str = "train", data_dir: Union[str, Path, None] = None, use_cache: bool = True,
+           truncation: Optional[Truncation] = None) -> EncodedDataset:
+    """Encode `Examples` (or `task.load(data_dir, split)` when given a Task), through the disk cache;
+    single texts longer than max_length are cut by `truncation` (default: keep the head)."""
     examples = task_or_examples.load(data_dir, split) if hasattr(task_or_examples, "load") else task_or_examples
-    key = cache_key(examples, tokenizer, max_length)
+    key = cache_key(examples, tokenizer, max_length, truncation)
     path = cache_root(cache_dir) / "encoded" / f"{key}.npz"
     arrays = _load(path, len(examples)) if use_cache and path.is_file() else None
     from_cache = arrays is not None
     if arrays is None:
-        arrays = tokenize(examples, tokenizer, max_length)
+        arrays = tokenize(examples, tokenizer, max_length, truncation)
         if use_cache:
             _save(path, *arrays)
     labels = None if examples.labels is None else np.asarray(examples.labels)

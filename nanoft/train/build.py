@@ -17,6 +17,7 @@ from nanoft.train.config import TrainConfig
 from nanoft.train.optim import build_optimizer, param_groups
 from nanoft.train.precision import grad_scaler
 from nanoft.train.schedules import ScheduleConfig, Scheduler
+from nanoft.weights.tokenizer import Truncation
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def load_model_for(config: TrainConfig, head: str, num_labels: int) -> Tuple[Enc
     model, report = load_model(config.model, head=head, num_labels=num_labels, attention=config.attention,
                                attention_options=config.attention_options or None, max_length=config.max_length,
                                hidden_dropout=config.hidden_dropout, attention_dropout=config.attention_dropout,
-                               return_report=True)
+                               unpad=config.unpad, return_report=True)
     log.info("loaded %s: %s", report.path, report.summary())
     model.encoder.gradient_checkpointing = config.gradient_checkpointing
     return model, report
@@ -51,7 +52,7 @@ def encode_split(config: TrainConfig, task: Any, tokenizer: Any, split: str, sub
     if subset is not None and subset < len(examples):
         order = np.random.default_rng(config.seed).permutation(len(examples))[:subset]
         examples = examples.select(np.sort(order))
-    return encode(examples, tokenizer, config.max_length)
+    return encode(examples, tokenizer, config.max_length, truncation=Truncation.from_config(config))
 
 
 def make_sampler(config: TrainConfig, lengths: Any, world_size: int) -> Any:

@@ -99,6 +99,15 @@ def _pruning(name: str) -> Any:
     return _sparsity(None if factory else f.default, metadata.pop("help"), factory=factory, **metadata)
 
 
+def _truncation(name: str) -> Any:
+    """A data field whose default, help and choices are those of nanoft.weights.Truncation (written once)."""
+    from nanoft.weights.tokenizer import Truncation
+
+    f = next(f for f in dataclasses.fields(Truncation) if f.name == name)
+    metadata = dict(f.metadata)
+    return _data(f.default, metadata.pop("help"), **metadata)
+
+
 @dataclass
 class TrainConfig:
     """Every option of a run; `nanoft train --help` is generated from these fields."""
@@ -121,6 +130,8 @@ class TrainConfig:
     train_subset: Optional[int] = _data(None, "Train on a seeded random subset of N examples.")
     max_length: int = _data(128, "Truncate inputs to this many tokens; longer than the model's positions "
                                  "extends its position table.")
+    truncation: str = _truncation("strategy")
+    truncation_head_tokens: int = _truncation("head_tokens")
     # ---- model
     model: Optional[str] = _model(None, "Model directory in Hugging Face layout (config.json + model.safetensors).",
                                   metavar="DIR", unset="the installed MiniLM-L6-H384")
@@ -248,6 +259,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        from nanoft.weights.tokenizer import Truncation
+
+        Truncation.from_config(self).check(self.max_length)
         if self.prune is not None:
             from nanoft import sparse
 

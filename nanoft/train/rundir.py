@@ -34,7 +34,7 @@ STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 LEGACY_STATE = "trainer_state.pt"
 # settings a resumed run must share with the run it continues (else the saved state does not apply)
 RESUME_KEYS = ("task", "train_file", "model", "batch_size", "max_length", "seed", "peft", "attention",
-               "grad_accum", "optimizer", "sampler", "max_tokens")
+               "grad_accum", "optimizer", "sampler", "max_tokens", "truncation", "truncation_head_tokens")
 
 
 class RunLocked(NanoftError):
