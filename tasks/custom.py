@@ -1,4 +1,5 @@
-"""A task from the user's own files: `--train-file`, `--dev-file`, `--test-file` (TSV, CSV, JSONL).
+"""A task from the user's own files: `--train-file`, `--dev-file`, `--test-file`
+(TSV, CSV, JSONL, Parquet, Arrow).
 
 The label set is inferred from the train file (integer labels sorted by value, names sorted by
 name, non-integer numbers mean regression) and saved with the run through `Task.to_dict()`, so

@@ -114,7 +114,7 @@ class TrainConfig:
 
     # ---- data
     task: Optional[str] = _data(None, "Built-in task to train on.", choices=_tasks)
-    train_file: Optional[str] = _data(None, "Your own training file (TSV, CSV or JSONL), instead of --task.",
+    train_file: Optional[str] = _data(None, "Your own training file (TSV, CSV, JSONL, Parquet or Arrow), instead of --task.",
                                       metavar="FILE")
     dev_file: Optional[str] = _data(None, "Dev file for --train-file; without one, dev is carved out with --split.",
                                     metavar="FILE")
