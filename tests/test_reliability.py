@@ -335,3 +335,22 @@ def test_cli_run_survives_repeated_sigkill(tiny_config, tiny_task, tmp_path):
     assert strip_wall_clock(run) == strip_wall_clock(reference)
     assert json.loads((run / "results.json").read_text())["steps"] == json.loads(
         (reference / "results.json").read_text())["steps"]
+
+
+def test_pickle_as_teacher_logit_cache_runs_nothing(tmp_path):
+    """A pickle where distillation caches its teacher's logits is refused (recomputed), never unpickled."""
+    from nanoft.train.techniques.distill import _read_cache
+
+    marker = tmp_path / "pwned"
+    cache, meta = tmp_path / "teacher_logits.npy", tmp_path / "teacher_logits.json"
+    key = {"teacher": "t", "data": "d", "examples": 2, "max_length": 8}
+    meta.write_text(json.dumps(key))
+    cache.write_bytes(pickle.dumps(Payload(marker)))
+    assert _read_cache(cache, meta, key, (2, 2)) is None
+    import numpy as np
+
+    np.save(cache, np.array([Payload(marker)], dtype=object), allow_pickle=True)  # an object array, too
+    assert _read_cache(cache, meta, key, (2, 2)) is None
+    assert not marker.exists()
+    np.save(cache, np.ones((2, 2), dtype=np.float32))
+    assert _read_cache(cache, meta, key, (2, 2)).shape == (2, 2)  # a sound cache is used
