@@ -86,6 +86,10 @@ def test_seeds_of_one_experiment_are_a_mean_with_a_std_band(runs):
     np.testing.assert_allclose(lower, mean - std)
     np.testing.assert_allclose(upper, mean + std)
     np.testing.assert_allclose(lines[1].get_xdata(), [2, 4, 6, 8])  # a single run: its own points, no band
+    # a seed given again (here on its own after its folder) is not counted twice
+    again = plot_runs([root, root / "lr-high" / "seed1"], y="loss").axes[0]
+    assert legend_labels(again) == legend_labels(ax)
+    np.testing.assert_allclose(again.get_lines()[0].get_ydata(), mean)
     np.testing.assert_allclose(lines[1].get_ydata(), [1.1, 1.0, 0.95, 0.9])
     assert ax.get_xlabel() == "optimizer step" and ax.get_ylabel() == "training loss"
     assert ax.get_title() == "Training loss vs optimizer step (4 runs)"

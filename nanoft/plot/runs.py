@@ -80,7 +80,9 @@ def group_runs(paths: Sequence[Union[str, Path]]) -> List[Tuple[str, List[RunDir
                 label = str(key.relative_to(base)) if key != base else key.resolve().name
             except ValueError:  # the seed folder itself was given: name the experiment
                 label = key.resolve().name
-            groups.setdefault(key.resolve(), (label, []))[1].append(run)
+            members = groups.setdefault(key.resolve(), (label, []))[1]
+            if all(run.path.resolve() != m.path.resolve() for m in members):  # a run named twice counts once
+                members.append(run)
     return list(groups.values())
 
 
