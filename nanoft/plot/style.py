@@ -92,7 +92,5 @@ def save(fig: Any, output: Union[str, Path]) -> Path:
 
     data = render(fig, picture_format(output))
     path = Path(output)
-    if path.parent != Path("") and not path.parent.is_dir():
-        raise ConfigError("the output's folder does not exist", path=str(path.parent), fix="create it first")
-    atomic_write_bytes(path, lambda f: f.write(data))
+    atomic_write_bytes(path, lambda f: f.write(data))  # creates the folder, as every nanoft output does
     return path
