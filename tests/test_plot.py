@@ -316,7 +316,8 @@ def test_bad_output_is_one_line(runs, tmp_path):
     assert result.returncode == 2 and "hours" in result.stderr
 
 
-@pytest.mark.parametrize("args", [["plot", "RUNS", "--y", "loss", "-o", "OUT"], ["plot", "bench", "RESULT", "-o", "OUT"]])
+@pytest.mark.parametrize("args", [["plot", "RUNS", "--y", "loss", "-o", "OUT"],
+                                  ["plot", "bench", "RESULT", "-o", "OUT"]])
 def test_without_matplotlib_one_line_says_how_to_install_it(runs, tmp_path, monkeypatch, capsys, args):
     from nanoft.cli import main
 

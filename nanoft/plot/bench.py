@@ -68,8 +68,8 @@ def plot_bench(path: Union[str, Path], title: Optional[str] = None) -> Any:
     kind = kind_of(data)
     if kind is None:
         raise ConfigError("no picture for this result file: its rows are not attention scaling (kind, seq), PEFT "
-                          "(method, trainable_%), techniques (experiment) or training speed (side, train_seconds, examples_per_s)",
-                          path=str(path))
+                          "(method, trainable_%), techniques (experiment) or training speed (side, train_seconds, "
+                          "examples_per_s)", path=str(path))
     with styled():
         fig = DRAW[kind](data)
         if title:
@@ -204,7 +204,8 @@ def draw_peft(data: Dict[str, Any]) -> Any:
         if ax is not axes[0]:
             ax.tick_params(labelleft=False)
     seeds = max(n for _, _, n in _grouped(rows, "method", metric).values())
-    runs = f"mean ± std over {seeds} seeds" if seeds > 1 else f"one run each (seed {meta.get('seed', '?')}): no error bars"
+    runs = (f"mean ± std over {seeds} seeds" if seeds > 1
+            else f"one run each (seed {meta.get('seed', '?')}): no error bars")
     task = str(meta.get("task", ""))
     setup = ""
     if _finite(meta.get("epochs")):
