@@ -55,9 +55,22 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: CUDA's peak allocation, or on CPU the process's peak resident set size."""
+    """Peak memory since `reset_peak_memory`: CUDA's peak allocation, or on CPU this process's peak
+    resident set size (VmHWM in /proc/self/status).
+
+    Not getrusage's ru_maxrss where /proc exists: Linux floors ru_maxrss at the peak of the memory the
+    process had before its exec, which for a subprocess is its parent's (vfork: the parent's peak, fork:
+    its RSS at the fork), and clear_refs does not lower that floor: a fresh subprocess of a large process
+    would report the parent's peak as its own."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # "VmHWM:   123456 kB"
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
