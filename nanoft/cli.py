@@ -417,6 +417,7 @@ BENCHES = {
     "kernels": ("nanoft.bench.attention_kernels", "main", "Fused Triton kernels vs naive, SDPA backends and FlexAttention."),
     "tokenize": ("nanoft.bench.tokenize", "main", "Tokenize + cache time, cold and warm, vs the transformers tokenizer."),
     "sparse": ("nanoft.bench.sparse", "main", "Pruned encoder forward: dense vs CSR matmuls at 50-95% sparsity; 2:4 on CUDA."),
+    "multinode": ("nanoft.bench.multinode", "main", "1 process vs 2 torchrun nodes on loopback (gloo): steps/s, restart time."),
     "mlm": ("nanoft.bench.mlm", "main", "Masked-LM training tokens/s vs transformers BertForMaskedLM (same blocks, same run)."),
 }
 

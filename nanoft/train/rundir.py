@@ -8,6 +8,8 @@ that read it (`eval`, `predict`, `run`, `report`).
     RUN/checkpoint/        latest state: model (or trainable tensors) + trainer_state.{json,safetensors}
     RUN/best/  RUN/swa/    loadable models (Hugging Face layout; PEFT: adapter/ too)
     RUN/tensorboard/       optional TensorBoard events
+    RUN/launch.json        under torchrun: the latest attempt's processes, machines, restart count and a
+                           token every rank reads back (the folder must be on storage all machines share)
     RUN/.lock              held (flock) by the one process writing the run
 
 A run directory holds no pickle, so loading one from elsewhere can never run code. Only one process
@@ -30,8 +32,10 @@ from nanoft.io import atomic_write_bytes, atomic_write_json, fsync_dir
 
 CONFIG, TASK, METRICS, RESULTS = "config.toml", "task.json", "metrics.jsonl", "results.json"
 CHECKPOINT, BEST, SWA, TENSORBOARD, LOCK = "checkpoint", "best", "swa", "tensorboard", ".lock"
+LAUNCH = "launch.json"
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 LEGACY_STATE = "trainer_state.pt"
+PER_PROCESS_KEYS = ("batch_size", "max_tokens")  # × processes = the global batch, which a resume must keep
 # settings a resumed run must share with the run it continues (else the saved state does not apply)
 RESUME_KEYS = ("task", "train_file", "model", "batch_size", "max_length", "seed", "peft", "attention",
                "grad_accum", "optimizer", "sampler", "max_tokens", "truncation", "truncation_head_tokens")
@@ -92,17 +96,29 @@ class RunDir:
             raise CheckpointError("nothing to resume: the run has no complete checkpoint", path=str(self.path),
                                   fix="start it again with --overwrite (no step had been checkpointed)")
 
-    def check_resume_compatible(self, now: Dict[str, Any]) -> None:
-        """A resumed run must use the saved run's data, model and batch geometry."""
+    def check_resume_compatible(self, now: Dict[str, Any], world_size: int = 1) -> None:
+        """A resumed run must use the saved run's data, model and batch geometry.
+
+        On another number of processes (`world_size`) the per-process batch may change as long as the
+        global batch (per-process batch × processes, and likewise --max-tokens) stays what it was: the
+        run then continues on the very same global batches."""
         saved = self.path / CONFIG
         if not saved.is_file():
             return
         from nanoft.train.config import read_toml
 
         before = read_toml(saved)
+        launch = self.read_launch() or {}  # the last attempt's processes and per-process batch (torchrun only)
+        saved_world = launch.get("world_size")
+        saved_world = saved_world if isinstance(saved_world, int) and saved_world > 0 else 1
         for key in RESUME_KEYS:
-            if before.get(key) != now.get(key):
-                raise ConfigError(f"cannot resume: {key} was {before.get(key)!r}, now {now.get(key)!r}",
+            was = before.get(key)
+            if key in PER_PROCESS_KEYS and isinstance(launch.get(key), int):
+                was = launch[key]  # the per-process batch of the last attempt, which may have changed it
+            if key in PER_PROCESS_KEYS and world_size != saved_world:
+                _check_global(key, was, saved_world, now.get(key), world_size, str(saved))
+            elif was != now.get(key):
+                raise ConfigError(f"cannot resume: {key} was {was!r}, now {now.get(key)!r}",
                                   path=str(saved), fix="resume with the run's own settings or start a new run")
 
     def open(self, clear: bool) -> None:
@@ -204,6 +220,17 @@ class RunDir:
         path = self.path / TASK
         return _read_json(path) if path.is_file() else None
 
+    def write_launch(self, info: Dict[str, Any]) -> None:
+        atomic_write_json(self.path / LAUNCH, info)
+
+    def read_launch(self) -> Optional[Dict[str, Any]]:
+        """launch.json's record, or None when there is none (a run never started by torchrun) or it is unreadable."""
+        try:
+            info = json.loads((self.path / LAUNCH).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
     def log(self, record: Dict[str, Any], tensorboard: bool = False) -> None:
         """Append one record to metrics.jsonl (and TensorBoard scalars when asked)."""
         with open(self.path / METRICS, "a", encoding="utf-8") as f:
@@ -272,6 +299,19 @@ def is_complete(directory: Path) -> bool:
             for name, size in files.items())
     except (ValueError, OSError, AttributeError):
         return False
+
+
+def _check_global(key: str, was: Any, saved_world: int, now: Any, world_size: int, where: str) -> None:
+    """A resume on `world_size` processes of a run saved on `saved_world` must keep the global `key`."""
+    before, after = (was or 0) * saved_world, (now or 0) * world_size
+    if before == after:
+        return
+    option = "--" + key.replace("_", "-")
+    fix = f"resume on {saved_world} processes with {option} {was}"
+    if before % world_size == 0:
+        fix += f", or on {world_size} with {option} {before // world_size}"
+    raise ConfigError(f"cannot resume on {world_size} process(es): the global {key} (per process × processes) was "
+                      f"{was} × {saved_world} = {before}, now {now} × {world_size} = {after}", path=where, fix=fix)
 
 
 def _read_json(path: Path) -> Dict[str, Any]:

@@ -37,15 +37,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> Dict[str, Any]:
-    """Every generator a training step draws from (Python, NumPy, torch CPU and CUDA)."""
+def rng_state(dist: Optional[distributed.DistInfo] = None) -> Dict[str, Any]:
+    """Every generator a training step draws from (Python, NumPy, torch CPU and CUDA).
+
+    Under data parallelism the ranks' streams part (each draws dropout masks for its own slice of the
+    batch), so the state is rank 0's plus every rank's under "ranks" for `set_rng_state` to give each
+    rank its own back. Then it is a collective: every rank calls it."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if dist is not None and dist.enabled:
+        state = {**state, "ranks": distributed.all_gather_objects(state, dist)}
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: Dict[str, Any], dist: Optional[distributed.DistInfo] = None) -> None:
+    """Restore `rng_state`'s generators: this rank's own when the state has one per rank of this world
+    size, else the top-level (rank 0's) state."""
+    ranks = state.get("ranks")
+    if dist is not None and isinstance(ranks, list) and len(ranks) == dist.world_size \
+            and isinstance(ranks[dist.rank], dict):
+        state = ranks[dist.rank]
     python = state["python"]  # (version, tuple of 625 ints, gauss_next); JSON gives lists back
     random.setstate((python[0], tuple(python[1]), python[2]))
     np.random.set_state(tuple(state["numpy"]))

@@ -26,7 +26,7 @@ from torch import nn
 from nanoft.errors import NanoftError
 from nanoft.models import EncoderModel, count_parameters
 from nanoft.progress import ProgressBar
-from nanoft.train import build, distributed, statefile
+from nanoft.train import build, distributed, elastic, statefile
 from nanoft.train.checkpointer import Checkpointer, load_optimizer_state
 from nanoft.train.config import TrainConfig, to_toml
 from nanoft.train.objective import Objective, SequenceClassification
@@ -82,8 +82,9 @@ class Trainer:
         reset_peak_memory(self.device)  # results report this run's peak, not the process's so far
         self.show_progress = progress and not c.quiet and self.dist.is_main
         self.run_dir = RunDir(c.output or Path("runs") / self._default_name())
-        if self.dist.is_main:  # nothing is created here: a run whose set-up fails leaves nothing behind
-            self.run_dir.check(overwrite=c.overwrite, resume=c.resume)
+        # rank 0 checks the run directory (creating nothing: a run whose set-up fails leaves nothing behind) and
+        # every rank gets its verdict; after a torchrun restart the run resumes from its last checkpoint
+        self.config = c = elastic.start(self.run_dir, c, self.dist)
         seed_everything(c.seed)
 
         from nanoft.weights import load_tokenizer
@@ -97,8 +98,9 @@ class Trainer:
         if model is None:
             model, self.load_report = build.load_model_for(c, self.objective.head, self.objective.num_labels)
         self.model = model.to(self.device)
-        if c.resume and self.dist.is_main:
-            self.run_dir.check_resume_compatible(self._settings())
+        if c.resume:
+            distributed.on_main(lambda: self.run_dir.check_resume_compatible(self._settings(), self.dist.world_size),
+                                self.dist)
         self.techniques = build_techniques(c)
         for technique in self.techniques:
             technique.setup(self)
@@ -230,16 +232,18 @@ class Trainer:
         p.step += 1
         for technique in self.techniques:
             technique.after_step(self)
-        local = sum(len(ix[rank::world]) for ix in group) if world > 1 else total
-        return {"loss": loss_sum / max(1, local), "grad_norm": grad_norm}
+        # the logged loss is the whole global batch's mean, as one process with the whole batch logs it
+        loss_sum = float(distributed.all_reduce_sum(torch.tensor(loss_sum, dtype=torch.float64, device=self.device),
+                                                    self.dist))
+        return {"loss": loss_sum / max(1, total), "grad_norm": grad_norm}
 
     # ------------------------------------------------------------------ loop
     def fit(self, stop_at_step: Optional[int] = None) -> Dict[str, Any]:
         """Train to the configured length (or until `stop_at_step`, to simulate an interruption)."""
         c, p = self.config, self.progress
-        if self.dist.is_main:
-            self.run_dir.open(clear=c.overwrite and not c.resume)
+        distributed.on_main(lambda: self.run_dir.open(clear=c.overwrite and not c.resume), self.dist)
         try:
+            elastic.check_shared(self.run_dir, self.dist, c)  # every rank must see rank 0's run directory
             if self.dist.is_main and p.step == 0:
                 self.run_dir.write_config(to_toml(self._resolved_config()))
                 if self.task is None:
@@ -296,9 +300,10 @@ class Trainer:
                 return "early"
             if c.checkpoint_every and p.step % c.checkpoint_every == 0:
                 self.save_checkpoint()
-            if signals.received is not None or stop_at_step == p.step:
+            stop = distributed.any_rank(signals.received is not None, self.dist, self.device)  # all stop together
+            if stop or stop_at_step == p.step:
                 self.save_checkpoint()
-                if signals.received is not None:
+                if stop:
                     raise TrainingInterrupted(f"interrupted at step {p.step}; checkpoint saved",
                                               path=str(self.run_dir), fix="continue with the same command plus --resume")
                 return "paused"
@@ -363,11 +368,12 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Model, optimizer, schedule, scaler, RNG, sampler, techniques and counters — atomically."""
+        rng = rng_state(self.dist)  # every rank's generators: a collective, so no rank saves without the others
         if self.dist.is_main:
             self.checkpointer.save(self.model, {
                 **asdict(self.progress), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
-                "rng": rng_state(), "sampler": self.sampler.state_dict(),
+                "rng": rng, "sampler": self.sampler.state_dict(),
                 "techniques": [t.state_dict() for t in self.techniques]})
         distributed.barrier(self.dist)
 
@@ -384,7 +390,7 @@ class Trainer:
         self.progress = Progress.from_state(state, where)
         if self.dist.is_main:
             self.run_dir.truncate_metrics(self.progress.history_lines)
-        set_rng_state(statefile.expect(state, "rng", dict, where))
+        set_rng_state(statefile.expect(state, "rng", dict, where), self.dist)
 
     def _final_results(self, wall: float, stopped_early: bool, extra: Dict[str, Any]) -> Dict[str, Any]:
         p = self.progress
