@@ -50,6 +50,12 @@ def writing(path: Union[str, Path], fix: Optional[str] = None) -> Iterator[None]
         raise err from e
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(path: Union[str, Path]) -> None:
     """Make a rename or a new file in directory `path` durable (a no-op where directories cannot be opened)."""
     try:
@@ -74,6 +80,7 @@ def atomic_write_bytes(path: Union[str, Path], write: Callable[[BinaryIO], Any],
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()

@@ -166,3 +166,17 @@ def test_replace_dir_full_disk_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(NanoftError, match=f"^no space left on device writing {final} "):
         nio.atomic_replace_dir(tmp, final)
     assert not final.exists()
+
+
+def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    """A run directory is shared (other users, other nodes): files must not stay private like a temp file."""
+    import stat
+
+    from nanoft.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
