@@ -3,17 +3,18 @@ talking over loopback (gloo, c10d rendezvous) with the same global batch, and th
 restart takes to resume after a worker is SIGKILLed.
 
     nanoft bench multinode [--steps 30] [--global-batch 32] [--train-subset 1024] [--max-length 64]
-                           [--threads 2] [--kill-at 15] [--checkpoint-every 10] [--model DIR]
+                           [--threads 2] [--kill-at 15] [--checkpoint-every 10] [--dropout 0] [--model DIR]
 
-Every run is the real `nanoft train` (MiniLM by default, on a seeded subset of SST-2), started as a
-subprocess: the single process with --batch-size G and `--threads` torch threads; the two "nodes" as two
-`torchrun --nnodes 2 --nproc-per-node 1` agents with --batch-size G/2 and `--threads`/2 threads each,
-so both set-ups use the same cores. steps/s = steps / rank 0's summed step time (set-up and evaluation
+Every run is the real `nanoft train` (MiniLM by default, on a seeded subset of SST-2, dropout 0 so that
+all set-ups train the same weights), started as a subprocess: the single process with --batch-size G and
+`--threads` torch threads (and again with one thread); the two "nodes" as two `torchrun --nnodes 2
+--nproc-per-node 1` agents with --batch-size G/2 and `--threads`/2 threads each, so the first and the
+last set-up use the same cores. steps/s = steps / rank 0's summed step time (set-up and evaluation
 excluded). The restart run is the two-node run with --max-restarts 1 and a checkpoint every
 `--checkpoint-every` steps; once rank 0 has logged step `--kill-at`, the rank-1 worker (found by
 scanning /proc for this job's run id) is SIGKILLed. Reported: seconds from the kill until the restarted
-rank 0 has re-built the run and loaded the checkpoint (its launch.json shows restart count 1), until it logs its
-first step again, how many steps were replayed, and how far its final weights are from the
+rank 0 has re-built the run and loaded the checkpoint (its launch.json shows restart count 1), until it
+logs its first step again, how many steps were replayed, and how far its final weights are from the
 uninterrupted two-node run's (0: bit-identical). On a machine shared with other jobs the absolute
 figures move from run to run; only the ratios within one run mean something.
 """
@@ -55,7 +56,8 @@ def train_args(a: argparse.Namespace, output: Path, batch_size: int) -> List[str
     args = ["train", "--task", a.task, "--train-subset", str(a.train_subset), "--max-length", str(a.max_length),
             "--batch-size", str(batch_size), "--max-steps", str(a.steps), "--lr", "5e-5", "--seed", str(a.seed),
             "--precision", "fp32", "--log-every", "1", "--checkpoint-every", str(a.checkpoint_every),
-            "--output", str(output), "--quiet"]
+            "--hidden-dropout", str(a.dropout), "--attention-dropout", str(a.dropout), "--output", str(output),
+            "--quiet"]
     return args + (["--model", a.model] if a.model else [])
 
 
@@ -179,24 +181,26 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
         raise SystemExit("--global-batch must be even (two processes share it)")
     with tempfile.TemporaryDirectory(prefix="nanoft-multinode-") as tmp:
         root = Path(tmp)
-        start = time.monotonic()
-        single = subprocess.run([nanoft_executable(), *train_args(a, root / "one", a.global_batch)], cwd=root,
-                                env=env_with(a.threads), capture_output=True, text=True, timeout=TIMEOUT)
-        if single.returncode != 0:
-            raise RuntimeError(f"single-process run failed:\n{single.stderr[-4000:]}")
-        wall_one = time.monotonic() - start
+        rows = []
+        for threads in sorted({1, a.threads}):  # the baseline (one thread), then as many threads as the two nodes
+            start = time.monotonic()
+            single = subprocess.run([nanoft_executable(), *train_args(a, root / f"one-t{threads}", a.global_batch)],
+                                    cwd=root, env=env_with(threads), capture_output=True, text=True, timeout=TIMEOUT)
+            if single.returncode != 0:
+                raise RuntimeError(f"single-process run failed:\n{single.stderr[-4000:]}")
+            rows.append(summary(root / f"one-t{threads}", "1 process", 1, threads, a.global_batch, a.global_batch))
+            rows[-1]["wall s (incl. start-up)"] = round(time.monotonic() - start, 1)
         start = time.monotonic()
         wait_all(start_agents(a, root / "two", max_restarts=0)[0])
-        wall_two = time.monotonic() - start
-        rows = [summary(root / "one", "1 process", 1, a.threads, a.global_batch, a.global_batch),
-                summary(root / "two", "2 nodes × 1 process (loopback, gloo)", 2, max(1, a.threads // 2),
-                        a.global_batch // 2, a.global_batch)]
-        rows[0]["wall s (incl. start-up)"], rows[1]["wall s (incl. start-up)"] = round(wall_one, 1), round(wall_two, 1)
+        rows.append(summary(root / "two", "2 nodes × 1 process (loopback, gloo)", 2, max(1, a.threads // 2),
+                            a.global_batch // 2, a.global_batch))
+        rows[-1]["wall s (incl. start-up)"] = round(time.monotonic() - start, 1)
         for row in rows:
-            row["steps/s vs 1 process"] = round(row["steps/s"] / rows[0]["steps/s"], 3)
+            row["steps/s vs 1 process × 1 thread"] = round(row["steps/s"] / rows[0]["steps/s"], 3)
         restart = restart_run(a, root / "restart")
         restart["max |Δw| vs uninterrupted 2-node run"] = max_difference(root / "restart", root / "two")
-        restart["max |Δw| 2 nodes vs 1 process"] = max_difference(root / "two", root / "one")
+        restart[f"max |Δw| 2 nodes vs 1 process (dropout {a.dropout})"] = max_difference(root / "two",
+                                                                                          root / f"one-t{a.threads}")
     return {"rows": rows, "restart": restart}
 
 
@@ -213,9 +217,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=10)
     parser.add_argument("--kill-at", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dropout", type=float, default=0.0, help="hidden and attention dropout (0: the two "
+                                                                    "set-ups draw no masks and train the same)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write bench/results")
     a = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     result = run(a)
+    load = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (1-minute load average)"
     print(format_table(result["rows"]))
     print(json.dumps(result["restart"], indent=2))
     if a.no_write:
@@ -223,15 +231,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     env = environment()
     meta = {"model": a.model or "MiniLM-L6-H384 (the installed default)", "task": f"{a.task}, seeded subset of "
             f"{a.train_subset} training examples, max length {a.max_length}", "seed": a.seed,
-            "precision": "fp32", "backend": "gloo over loopback (127.0.0.1), c10d rendezvous",
-            "cpu": env["cpu"], "cores": env["cpu_count"], "torch": torch.__version__, **{
+            "dropout": a.dropout, "precision": "fp32", "backend": "gloo over loopback (127.0.0.1), c10d rendezvous",
+            "cpu": env["cpu"], "cores": env["cpu_count"], "machine load": load, "torch": torch.__version__, **{
                 f"restart: {k}": v for k, v in result["restart"].items()}}
-    notes = ("The machine is shared with other jobs, so absolute times move between runs; only the ratios "
-             "within one run mean something. Both set-ups use the same cores: the single process runs "
-             f"{a.threads} torch threads, each node {max(1, a.threads // 2)}. The two-node run pays gloo's "
-             "all-reduce of every gradient (about 4 bytes × parameters per step) over loopback. The restart "
-             "time is dominated by starting Python and torch again, re-building the run (model, data cache) "
-             "and torchrun's re-rendezvous; the replayed steps are the ones done after the last checkpoint.")
+    notes = ("The machine is shared with other jobs (see its load above), so absolute times move between runs; "
+             "only the ratios within one run mean something, and on an oversubscribed machine they mostly say "
+             "how the scheduler shared the cores. Baseline: one process on one thread. The second row (one "
+             f"process, {a.threads} threads) and the two nodes ({max(1, a.threads // 2)} thread each) run the "
+             "same number of threads; the threads of one process meet at every parallel region, which costs "
+             "most when other jobs hold the cores, separate processes meet once per step. The two nodes pay "
+             "gloo's all-reduce of every gradient (4 bytes × parameters per step) over loopback and one small "
+             "all-reduce each for the logged loss and the stop flag. The restart time is dominated by "
+             "torchrun noticing the death and re-rendezvousing, starting Python and torch again and re-building "
+             "the run (model, cached data, checkpoint); the replayed steps are those done after the last "
+             "checkpoint. Weights: the restarted run ends bit-identical to the uninterrupted one; two nodes "
+             "and one process differ by float rounding (gradient sums in another order).")
     paths = write_results("multinode_cpu", result["rows"], meta=meta, notes=notes)
     print(f"wrote {paths['json']} and {paths['markdown']}")
 

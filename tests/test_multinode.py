@@ -14,11 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pytest
 import torch
@@ -89,7 +88,7 @@ def start_nodes(script: Path, args: List[str], env: Dict[str, str], cwds: List[P
 
 
 def finish(agents: List[subprocess.Popen], timeout: float = TIMEOUT) -> List[subprocess.CompletedProcess]:
-    """Wait for every agent (killing all their processes past `timeout`); return (returncode, output)."""
+    """Wait for every agent (killing all their processes past `timeout`); their exit codes and output."""
     deadline, results = time.monotonic() + timeout, []
     try:
         for agent in agents:
@@ -190,8 +189,7 @@ def test_two_nodes_score_every_dev_example_exactly_once(cluster, tiny_task):
     from nanoft.weights import load_tokenizer
 
     run = cluster["drop"]
-    logged = [r["eval"]["dev"] for r in json.loads("[" + ",".join(
-        (run / "metrics.jsonl").read_text().splitlines()) + "]") if "eval" in r][-1]
+    logged = [r["eval"]["dev"] for r in metrics(run) if "eval" in r][-1]
     model = nanoft.load_model(run / "checkpoint", head="classification", num_labels=2).eval()
     tokenizer = load_tokenizer(run / "checkpoint")
     rows = [line.split("\t") for line in cluster["dev"].read_text().splitlines()[1:]]
