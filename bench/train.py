@@ -111,12 +111,15 @@ def run_nanoft(args: argparse.Namespace) -> Dict[str, Any]:
         config = TrainConfig(task="sst2", data_dir=str(_data_dir(args.data_dir)), model=args.model,
                              batch_size=args.batch_size, max_steps=steps, lr=args.lr, warmup=0.06,
                              precision=args.precision, seed=args.seed, output=tmp, quiet=True, save_best=False,
-                             compile=args.compile, sampler=args.sampler)
+                             compile=args.compile, sampler=args.sampler,
+                             unpad={"auto": None, "on": True, "off": False}[args.unpad])
         trainer = Trainer(config, device=args.device)
         if args.mode == "speed":
             trainer.eval_data = {}  # speed mode: no evaluation
         results = trainer.fit()
-    out = {"side": f"nanoft ({args.sampler})", "examples": trainer.examples_seen,
+    label = (args.sampler + ("" if args.unpad == "auto" else f", unpad {args.unpad}")
+             + (", compile" if args.compile else ""))
+    out = {"side": f"nanoft ({label})", "examples": trainer.progress.examples_seen,
            "train_seconds": results["train_seconds"], "examples_per_s": results["examples_per_s"],
            "peak_memory_mb": _peak_memory(args.device)}
     if args.mode == "accuracy":
@@ -128,7 +131,7 @@ def run_nanoft(args: argparse.Namespace) -> Dict[str, Any]:
 def _side(args: argparse.Namespace, side: str, **overrides: Any) -> Dict[str, Any]:
     cmd = [sys.executable, "-m", "nanoft.bench.train", "--side", side]
     values = {**vars(args), **overrides}
-    for key in ("mode", "precision", "steps", "examples", "batch_size", "lr", "seed", "device", "sampler"):
+    for key in ("mode", "precision", "steps", "examples", "batch_size", "lr", "seed", "device", "sampler", "unpad"):
         cmd += [f"--{key.replace('_', '-')}", str(values[key])]
     for key in ("model", "data_dir"):
         if values.get(key):
@@ -183,6 +186,8 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sampler", default="bucket", help=argparse.SUPPRESS)
     p.add_argument("--compile", action="store_true", help="torch.compile nanoft's model")
+    p.add_argument("--unpad", choices=["auto", "on", "off"], default="auto",
+                   help="nanoft's unpadded encoder (auto: the model's default for the device)")
     p.add_argument("--model", default=None, help="model directory [default: installed MiniLM]")
     p.add_argument("--data-dir", default=None, help="data folder [default: $NANOFT_DATA_DIR]")
     p.add_argument("--side", choices=["transformers", "nanoft"], help=argparse.SUPPRESS)

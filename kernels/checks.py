@@ -2,7 +2,7 @@
 `ConfigError` naming the argument and the fix, never a crash deep inside a Triton kernel."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -105,15 +105,21 @@ def check_triton(q: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[to
 def is_right_padded(key_padding_mask: torch.Tensor) -> bool:
     """Whether every row is real tokens, then padding (no row goes from padding back to a real token).
 
-    The kernels take per-sequence key lengths rather than a mask, so they can skip whole padded blocks;
-    that is exact only for such masks. Reading the answer waits for the mask's device (a sync on CUDA).
+    Only `impl="triton"` with validation asks for it (the layout the kernels skip padding in without a
+    mask); impl="auto" never does. Reading the answer waits for the mask's device (a sync on CUDA).
     """
     return not bool((key_padding_mask[:, :-1] & ~key_padding_mask[:, 1:]).any())
 
 
-def key_lengths(key_padding_mask: torch.Tensor) -> torch.Tensor:
-    """(batch,) int32 real keys per row: the kernels' form of a right-padded mask."""
-    return (~key_padding_mask).sum(dim=1, dtype=torch.int32)
+def key_ends(key_padding_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """((batch,) int32 one past each row's last real key, (batch,) int32 1 where the row is right-padded),
+    computed on the mask's device and never read by the host: the kernels skip every key block past a row's
+    end and mask key by key only in rows with padding before it (left padding, holes)."""
+    real = ~key_padding_mask  # (batch, seq_k)
+    position = torch.arange(1, real.shape[1] + 1, device=real.device, dtype=torch.int32)
+    ends = torch.where(real, position, 0).amax(dim=1).to(torch.int32)  # 0 for a row of padding only
+    dense = (real.sum(dim=1, dtype=torch.int32) == ends).to(torch.int32)
+    return ends, dense
 
 
 def check_cu_seqlens(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,

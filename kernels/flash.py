@@ -12,11 +12,13 @@ Backward recomputes the probabilities from q, k and the saved logsumexp instead 
 One kernel owns a key block and loops over query blocks (dK, dV); another owns a query block and
 loops over key blocks (dQ); neither needs atomics.
 
-Blocks that no query of a program may see are never loaded: padded key blocks (lengths come from the
-mask, so padding must be on the right), blocks beyond the causal diagonal, and blocks outside the
-sliding window (except those holding global tokens). Blocks that are fully visible skip the
-element-wise mask. Dropout draws a counter-based random number (Philox via tl.rand) for each
-(row, key) pair from a seed, so the backward regenerates the very same mask without storing it.
+Blocks that no query of a program may see are never loaded: key blocks past a row's last real key
+(each row's end is found from the mask on the device, never read by the host), blocks beyond the
+causal diagonal, and blocks outside the sliding window (except those holding global tokens). Blocks
+that are fully visible skip the element-wise mask; a row with padding before its end (left padding,
+holes) has every block masked with its key_padding_mask, so any mask is exact. Dropout draws a
+counter-based random number (Philox via tl.rand) for each (row, key) pair from a seed, so the backward
+regenerates the very same mask without storing it.
 
 Scores are handled in base 2 inside the kernels (exp2 is the fast instruction): qk_scale = scale * log2(e).
 """
@@ -64,7 +66,7 @@ FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64,
 BWD_KV_CONFIGS = _configs([(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4), (64, 64, 4, 3)], (32, 64, 4, 3))
 BWD_Q_CONFIGS = _configs([(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 32, 4, 3)], (64, 32, 4, 3))
 # tuned per power-of-two length bucket, not per length: a new batch length must not re-run autotuning
-TUNE_KEY = ["tune_len", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_SEQLENS", "VARLEN", "HAS_DROPOUT"]
+TUNE_KEY = ["tune_len", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_SEQLENS", "VARLEN", "HAS_DROPOUT", "HAS_KPM"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,9 +93,22 @@ def _sequence(pid_bh, H, seq_q, seq_k, SEQLENS, CU_SEQLENS, HAS_SEQLENS: tl.cons
 
 
 @triton.jit
-def _allowed(offs_m, offs_n, len_k, window, num_global, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+def _row_mask(KPM, DENSE, b, stride_mb, HAS_KPM: tl.constexpr):
+    """(pointer to row b of the key padding mask, whether row b is right-padded: real keys, then padding)."""
+    kpm_row = KPM + b * stride_mb
+    dense = True
+    if HAS_KPM:
+        dense = tl.load(DENSE + b) != 0
+    return kpm_row, dense
+
+
+@triton.jit
+def _allowed(offs_m, offs_n, len_k, window, num_global, kpm_row, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             HAS_KPM: tl.constexpr):
     """(BLOCK_M, BLOCK_N) bool: may query offs_m[i] attend to key offs_n[j]?"""
     ok = offs_n[None, :] < len_k
+    if HAS_KPM:  # padding before the row's end (uint8 mask, 1 = padding)
+        ok = ok & (tl.load(kpm_row + offs_n, mask=offs_n < len_k, other=1) == 0)[None, :]
     if CAUSAL:
         ok = ok & (offs_n[None, :] <= offs_m[:, None])
     if HAS_WINDOW:
@@ -166,15 +181,25 @@ def _query_ranges(n0, len_q, len_k, window, num_global, BLOCK_M: tl.constexpr, B
     return glob_hi, edge_lo, mask_hi, hi
 
 
+@triton.jit
+def _unmasked_keys(full_hi, edge_lo, dense, HAS_WINDOW: tl.constexpr, HAS_KPM: tl.constexpr):
+    """A row with padding before its end has no fully visible key block: every block takes the mask."""
+    if HAS_KPM:
+        if not HAS_WINDOW:  # (with a window every block is masked already)
+            full_hi = tl.where(dense, full_hi, 0)
+            edge_lo = tl.where(dense, edge_lo, 0)
+    return full_hi, edge_lo
+
+
 # ----------------------------------------------------------------------------------------------
 # forward
 
 
 @triton.jit
 def _fwd_inner(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, lo, hi, len_k, qk_scale,
-               window, num_global, seed, rng_row, rng_stride, dropout_p,
+               window, num_global, seed, rng_row, rng_stride, dropout_p, kpm_row,
                BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-               HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+               HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_KPM: tl.constexpr):
     """Fold key blocks [lo, hi) into the running (acc, m, l) of one query block."""
     offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
@@ -189,7 +214,8 @@ def _fwd_inner(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, l
             v = tl.load(v_ptrs)
         qk = tl.dot(q, kt) * qk_scale  # (BLOCK_M, BLOCK_N), base-2 logits
         if MASKED:
-            qk = tl.where(_allowed(offs_m, offs_n, len_k, window, num_global, CAUSAL, HAS_WINDOW), qk, float("-inf"))
+            qk = tl.where(_allowed(offs_m, offs_n, len_k, window, num_global, kpm_row, CAUSAL, HAS_WINDOW, HAS_KPM),
+                          qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet stay at zero
         p = tl.math.exp2(qk - m_safe[:, None])
@@ -205,18 +231,20 @@ def _fwd_inner(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, l
 
 @triton.autotune(configs=FWD_CONFIGS, key=TUNE_KEY)
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, SEQLENS, CU_SEQLENS,
+def _fwd_kernel(Q, K, V, O, LSE, SEQLENS, CU_SEQLENS, KPM, DENSE, stride_mb,
                 stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                 stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
                 H, seq_q, seq_k, qk_scale, window, num_global, seed, rng_stride, dropout_p, tune_len,
                 HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SEQLENS: tl.constexpr,
-                VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_KPM: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     b, h, start, len_q, len_k = _sequence(tl.program_id(1), H, seq_q, seq_k, SEQLENS, CU_SEQLENS, HAS_SEQLENS, VARLEN)
     m0 = pid_m * BLOCK_M
     if m0 >= len_q:
         return
     b = b.to(tl.int64)
+    kpm_row, dense = _row_mask(KPM, DENSE, b, stride_mb, HAS_KPM)
     q_base = Q + b * stride_qb + h * stride_qh + start * stride_qs
     k_base = K + b * stride_kb + h * stride_kh + start * stride_ks
     v_base = V + b * stride_vb + h * stride_vh + start * stride_vs
@@ -232,17 +260,18 @@ def _fwd_kernel(Q, K, V, O, LSE, SEQLENS, CU_SEQLENS,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     glob_hi, full_hi, edge_lo, hi = _key_ranges(m0, len_k, window, num_global, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
+    full_hi, edge_lo = _unmasked_keys(full_hi, edge_lo, dense, HAS_WINDOW, HAS_KPM)
     if HAS_WINDOW:
         acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, 0, glob_hi,
-                                   len_k, qk_scale, window, num_global, seed, rng_row, rng_stride, dropout_p,
-                                   BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT)
+                                   len_k, qk_scale, window, num_global, seed, rng_row, rng_stride, dropout_p, kpm_row,
+                                   BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT, HAS_KPM)
     else:
         acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, 0, full_hi,
-                                   len_k, qk_scale, window, num_global, seed, rng_row, rng_stride, dropout_p,
-                                   BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_WINDOW, HAS_DROPOUT)
+                                   len_k, qk_scale, window, num_global, seed, rng_row, rng_stride, dropout_p, kpm_row,
+                                   BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_WINDOW, HAS_DROPOUT, HAS_KPM)
     acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, edge_lo, hi,
-                               len_k, qk_scale, window, num_global, seed, rng_row, rng_stride, dropout_p,
-                               BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT)
+                               len_k, qk_scale, window, num_global, seed, rng_row, rng_stride, dropout_p, kpm_row,
+                               BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT, HAS_KPM)
 
     empty = l_i == 0.0  # no visible key: output 0, and lse = +inf makes every recomputed probability 0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -281,9 +310,9 @@ def _bwd_delta_kernel(O, DO, DELTA, SEQLENS, CU_SEQLENS, stride_ob, stride_oh, s
 
 @triton.jit
 def _bwd_kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n, lo, hi,
-                  len_q, len_k, qk_scale, window, num_global, seed, rng_row0, rng_stride, dropout_p,
+                  len_q, len_k, qk_scale, window, num_global, seed, rng_row0, rng_stride, dropout_p, kpm_row,
                   BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                  HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+                  HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_KPM: tl.constexpr):
     """Accumulate dK, dV of one key block over query blocks [lo, hi); tiles are transposed (keys, queries)."""
     offs_d = tl.arange(0, HEAD_DIM)
     for start_m in range(lo, hi, BLOCK_M):
@@ -295,7 +324,8 @@ def _bwd_kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
         pt = tl.math.exp2(tl.dot(k, qt) * qk_scale - lse2[None, :])  # (BLOCK_N, BLOCK_M) probabilities
         if MASKED:
-            allowed = tl.trans(_allowed(offs_m, offs_n, len_k, window, num_global, CAUSAL, HAS_WINDOW))
+            allowed = tl.trans(_allowed(offs_m, offs_n, len_k, window, num_global, kpm_row, CAUSAL, HAS_WINDOW,
+                                        HAS_KPM))
             pt = tl.where(allowed, pt, 0.0)
         dpt = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
         if HAS_DROPOUT:
@@ -311,14 +341,14 @@ def _bwd_kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs
 
 @triton.autotune(configs=BWD_KV_CONFIGS, key=TUNE_KEY)
 @triton.jit
-def _bwd_kv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, SEQLENS, CU_SEQLENS,
+def _bwd_kv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, SEQLENS, CU_SEQLENS, KPM, DENSE, stride_mb,
                    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                    stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
                    stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs, stride_lb, stride_lh,
                    H, seq_q, seq_k, qk_scale, scale, window, num_global, seed, rng_stride, dropout_p, tune_len,
                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                    HAS_SEQLENS: tl.constexpr, VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   HAS_KPM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     b, h, start, len_q, len_k = _sequence(tl.program_id(1), H, seq_q, seq_k, SEQLENS, CU_SEQLENS, HAS_SEQLENS, VARLEN)
     n0 = tl.program_id(0) * BLOCK_N
     n_rows = seq_k  # rows this program must write: padded keys get zero gradients
@@ -327,6 +357,7 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, SEQLENS, CU_SEQLENS,
     if n0 >= n_rows:
         return
     b = b.to(tl.int64)
+    kpm_row, dense = _row_mask(KPM, DENSE, b, stride_mb, HAS_KPM)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     key_ok = offs_n < len_k
@@ -344,17 +375,22 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, SEQLENS, CU_SEQLENS,
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     glob_hi, edge_lo, mask_hi, hi = _query_ranges(n0, len_q, len_k, window, num_global, BLOCK_M, BLOCK_N,
                                                   CAUSAL, HAS_WINDOW)
+    if HAS_KPM:
+        if not HAS_WINDOW:  # padding before the row's end: every query block takes the mask
+            mask_hi = tl.where(dense, mask_hi, hi)
     if HAS_WINDOW:
         dk, dv = _bwd_kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
                                0, glob_hi, len_q, len_k, qk_scale, window, num_global, seed, rng_row0, rng_stride,
-                               dropout_p, BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT)
+                               dropout_p, kpm_row, BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT,
+                               HAS_KPM)
     dk, dv = _bwd_kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
                            edge_lo, mask_hi, len_q, len_k, qk_scale, window, num_global, seed, rng_row0, rng_stride,
-                           dropout_p, BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT)
+                           dropout_p, kpm_row, BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT, HAS_KPM)
     if not HAS_WINDOW:
         dk, dv = _bwd_kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
                                mask_hi, hi, len_q, len_k, qk_scale, window, num_global, seed, rng_row0, rng_stride,
-                               dropout_p, BLOCK_M, HEAD_DIM, False, CAUSAL, HAS_WINDOW, HAS_DROPOUT)
+                               dropout_p, kpm_row, BLOCK_M, HEAD_DIM, False, CAUSAL, HAS_WINDOW, HAS_DROPOUT,
+                               HAS_KPM)
 
     write_ok = offs_n[:, None] < n_rows
     dk_ptrs = DK + b * stride_dkb + h * stride_dkh + (start + offs_n[:, None]) * stride_dks + offs_d[None, :]
@@ -365,9 +401,9 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, SEQLENS, CU_SEQLENS,
 
 @triton.jit
 def _bwd_q_inner(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, lo, hi, len_k, qk_scale,
-                 window, num_global, seed, rng_row, rng_stride, dropout_p,
+                 window, num_global, seed, rng_row, rng_stride, dropout_p, kpm_row,
                  BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                 HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+                 HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_KPM: tl.constexpr):
     """Accumulate dQ of one query block over key blocks [lo, hi)."""
     offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
@@ -382,7 +418,8 @@ def _bwd_q_inner(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, o
             vt = tl.load(vt_ptrs)
         p = tl.math.exp2(tl.dot(q, kt) * qk_scale - lse2[:, None])  # (BLOCK_M, BLOCK_N)
         if MASKED:
-            p = tl.where(_allowed(offs_m, offs_n, len_k, window, num_global, CAUSAL, HAS_WINDOW), p, 0.0)
+            p = tl.where(_allowed(offs_m, offs_n, len_k, window, num_global, kpm_row, CAUSAL, HAS_WINDOW, HAS_KPM),
+                         p, 0.0)
         dp = tl.dot(do, vt)
         if HAS_DROPOUT:
             keep = _keep(seed, rng_row, offs_n, rng_stride, dropout_p)
@@ -394,19 +431,20 @@ def _bwd_q_inner(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, o
 
 @triton.autotune(configs=BWD_Q_CONFIGS, key=TUNE_KEY)
 @triton.jit
-def _bwd_q_kernel(Q, K, V, DO, DQ, LSE, DELTA, SEQLENS, CU_SEQLENS,
+def _bwd_q_kernel(Q, K, V, DO, DQ, LSE, DELTA, SEQLENS, CU_SEQLENS, KPM, DENSE, stride_mb,
                   stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                   stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
                   stride_dqb, stride_dqh, stride_dqs, stride_lb, stride_lh,
                   H, seq_q, seq_k, qk_scale, scale, window, num_global, seed, rng_stride, dropout_p, tune_len,
                   HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                   HAS_SEQLENS: tl.constexpr, VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                  HAS_KPM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     b, h, start, len_q, len_k = _sequence(tl.program_id(1), H, seq_q, seq_k, SEQLENS, CU_SEQLENS, HAS_SEQLENS, VARLEN)
     m0 = tl.program_id(0) * BLOCK_M
     if m0 >= len_q:
         return
     b = b.to(tl.int64)
+    kpm_row, dense = _row_mask(KPM, DENSE, b, stride_mb, HAS_KPM)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < len_q
@@ -422,17 +460,18 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, LSE, DELTA, SEQLENS, CU_SEQLENS,
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     glob_hi, full_hi, edge_lo, hi = _key_ranges(m0, len_k, window, num_global, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
+    full_hi, edge_lo = _unmasked_keys(full_hi, edge_lo, dense, HAS_WINDOW, HAS_KPM)
     if HAS_WINDOW:
         dq = _bwd_q_inner(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, 0, glob_hi, len_k,
-                          qk_scale, window, num_global, seed, row, rng_stride, dropout_p,
-                          BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT)
+                          qk_scale, window, num_global, seed, row, rng_stride, dropout_p, kpm_row,
+                          BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT, HAS_KPM)
     else:
         dq = _bwd_q_inner(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, 0, full_hi, len_k,
-                          qk_scale, window, num_global, seed, row, rng_stride, dropout_p,
-                          BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_WINDOW, HAS_DROPOUT)
+                          qk_scale, window, num_global, seed, row, rng_stride, dropout_p, kpm_row,
+                          BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_WINDOW, HAS_DROPOUT, HAS_KPM)
     dq = _bwd_q_inner(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, edge_lo, hi, len_k,
-                      qk_scale, window, num_global, seed, row, rng_stride, dropout_p,
-                      BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT)
+                      qk_scale, window, num_global, seed, row, rng_stride, dropout_p, kpm_row,
+                      BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_WINDOW, HAS_DROPOUT, HAS_KPM)
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + (start + offs_m[:, None]) * stride_dqs + offs_d[None, :]
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
@@ -476,9 +515,16 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _flags(p: FlashParams, seqlens: Optional[torch.Tensor], varlen: bool) -> dict:
+def _flags(p: FlashParams, seqlens: Optional[torch.Tensor], varlen: bool, kpm: Optional[torch.Tensor]) -> dict:
     return dict(CAUSAL=p.causal, HAS_WINDOW=p.window is not None, HAS_SEQLENS=seqlens is not None,
-                VARLEN=varlen, HAS_DROPOUT=p.dropout_p > 0.0)
+                VARLEN=varlen, HAS_DROPOUT=p.dropout_p > 0.0, HAS_KPM=kpm is not None)
+
+
+def _mask_args(kpm: Optional[torch.Tensor], dense: Optional[torch.Tensor], unused: torch.Tensor) -> tuple:
+    """(KPM, DENSE, stride_mb) kernel arguments: the uint8 mask (1 = padding) and per-row right-padded flags."""
+    if kpm is None:
+        return unused, unused, 0
+    return kpm, dense, kpm.stride(0)
 
 
 def _scalars(p: FlashParams, seq_q: int, seq_k: int) -> dict:
@@ -487,7 +533,7 @@ def _scalars(p: FlashParams, seq_q: int, seq_k: int) -> dict:
                 dropout_p=p.dropout_p, tune_len=triton.next_power_of_2(max(seq_q, seq_k, 16)))
 
 
-def _forward(q, k, v, seqlens, cu_seqlens, max_seqlen, p: FlashParams):
+def _forward(q, k, v, seqlens, cu_seqlens, max_seqlen, p: FlashParams, kpm=None, dense=None):
     """Launch the forward; returns (out, lse). lse is (batch, heads, seq_q) dense or (heads, total) packed."""
     varlen = cu_seqlens is not None
     out = torch.empty_like(q)
@@ -505,14 +551,14 @@ def _forward(q, k, v, seqlens, cu_seqlens, max_seqlen, p: FlashParams):
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
 
     _fwd_kernel[grid](q, k, v, out, lse, seqlens if seqlens is not None else unused,
-                      cu_seqlens if varlen else unused,
+                      cu_seqlens if varlen else unused, *_mask_args(kpm, dense, unused),
                       *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(out, varlen),
                       stride_lb, stride_lh, heads, seq_q, seq_k, p.scale * LOG2E, rng_stride=rng_stride,
-                      HEAD_DIM=q.shape[-1], **_scalars(p, seq_q, seq_k), **_flags(p, seqlens, varlen))
+                      HEAD_DIM=q.shape[-1], **_scalars(p, seq_q, seq_k), **_flags(p, seqlens, varlen, kpm))
     return out, lse
 
 
-def _backward(do, q, k, v, out, lse, seqlens, cu_seqlens, max_seqlen, p: FlashParams):
+def _backward(do, q, k, v, out, lse, seqlens, cu_seqlens, max_seqlen, p: FlashParams, kpm=None, dense=None):
     """Launch delta, dK/dV and dQ kernels; returns (dq, dk, dv)."""
     varlen = cu_seqlens is not None
     do = _last_dim_contiguous(do)
@@ -525,7 +571,8 @@ def _backward(do, q, k, v, out, lse, seqlens, cu_seqlens, max_seqlen, p: FlashPa
     cu_arg = cu_seqlens if varlen else q
     delta = torch.empty_like(lse)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    flags = _flags(p, seqlens, varlen)
+    flags = _flags(p, seqlens, varlen, kpm)
+    mask_args = _mask_args(kpm, dense, q)
 
     delta_block = 16 if INTERPRET else 64
     _bwd_delta_kernel[(triton.cdiv(seq_q, delta_block), batch * heads)](
@@ -533,13 +580,13 @@ def _backward(do, q, k, v, out, lse, seqlens, cu_seqlens, max_seqlen, p: FlashPa
         heads, seq_q, seq_k, HEAD_DIM=q.shape[-1], HAS_SEQLENS=seqlens is not None, VARLEN=varlen,
         BLOCK_M=delta_block)
     _bwd_kv_kernel[lambda meta: (triton.cdiv(seq_k, meta["BLOCK_N"]), batch * heads)](
-        q, k, v, do, dk, dv, lse, delta, seqlens_arg, cu_arg,
+        q, k, v, do, dk, dv, lse, delta, seqlens_arg, cu_arg, *mask_args,
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
         *_strides3(dk, varlen), *_strides3(dv, varlen), stride_lb, stride_lh,
         heads, seq_q, seq_k, p.scale * LOG2E, p.scale, rng_stride=rng_stride, HEAD_DIM=q.shape[-1],
         **_scalars(p, seq_q, seq_k), **flags)
     _bwd_q_kernel[lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)](
-        q, k, v, do, dq, lse, delta, seqlens_arg, cu_arg,
+        q, k, v, do, dq, lse, delta, seqlens_arg, cu_arg, *mask_args,
         *_strides3(q, varlen), *_strides3(k, varlen), *_strides3(v, varlen), *_strides3(do, varlen),
         *_strides3(dq, varlen), stride_lb, stride_lh,
         heads, seq_q, seq_k, p.scale * LOG2E, p.scale, rng_stride=rng_stride, HEAD_DIM=q.shape[-1],
@@ -551,10 +598,10 @@ class FlashAttention(torch.autograd.Function):
     """Autograd wrapper: saves q, k, v, out and logsumexp; the backward recomputes probabilities."""
 
     @staticmethod
-    def forward(ctx, q, k, v, seqlens, cu_seqlens, max_seqlen, params: FlashParams):
+    def forward(ctx, q, k, v, seqlens, cu_seqlens, max_seqlen, params: FlashParams, kpm=None, dense=None):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        out, lse = _forward(q, k, v, seqlens, cu_seqlens, max_seqlen, params)
-        ctx.save_for_backward(q, k, v, out, lse, seqlens, cu_seqlens)
+        out, lse = _forward(q, k, v, seqlens, cu_seqlens, max_seqlen, params, kpm, dense)
+        ctx.save_for_backward(q, k, v, out, lse, seqlens, cu_seqlens, kpm, dense)
         ctx.max_seqlen = max_seqlen
         ctx.params = params
         return out
@@ -562,19 +609,23 @@ class FlashAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
-        q, k, v, out, lse, seqlens, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv = _backward(do, q, k, v, out, lse, seqlens, cu_seqlens, ctx.max_seqlen, ctx.params)
-        return dq, dk, dv, None, None, None, None
+        q, k, v, out, lse, seqlens, cu_seqlens, kpm, dense = ctx.saved_tensors
+        dq, dk, dv = _backward(do, q, k, v, out, lse, seqlens, cu_seqlens, ctx.max_seqlen, ctx.params, kpm, dense)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, seqlens: Optional[torch.Tensor],
                     scale: float, causal: bool = False, window: Optional[int] = None, num_global: int = 0,
-                    dropout_p: float = 0.0, seed: int = 0) -> torch.Tensor:
-    """Padded layout (batch, heads, seq, d); `seqlens` (batch,) int32 real key lengths or None. Inputs are
+                    dropout_p: float = 0.0, seed: int = 0, key_padding_mask: Optional[torch.Tensor] = None,
+                    dense: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Padded layout (batch, heads, seq, d); `seqlens` (batch,) int32 one past each row's last real key, or
+    None. With `key_padding_mask` (batch, seq_k) bool and `dense` (batch,) int32 (1: the row is right-padded;
+    see nanoft.kernels.checks.key_ends) rows with padding before their end are masked key by key. Inputs are
     assumed checked (see nanoft.kernels.attention)."""
     params = FlashParams(scale=scale, causal=causal, window=window, num_global=num_global, dropout_p=dropout_p,
                          seed=seed)
-    return FlashAttention.apply(q, k, v, seqlens, None, 0, params)
+    kpm = None if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
+    return FlashAttention.apply(q, k, v, seqlens, None, 0, params, kpm, dense)
 
 
 def flash_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,

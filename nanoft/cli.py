@@ -419,6 +419,7 @@ BENCHES = {
     "sparse": ("nanoft.bench.sparse", "main", "Pruned encoder forward: dense vs CSR matmuls at 50-95% sparsity; 2:4 on CUDA."),
     "multinode": ("nanoft.bench.multinode", "main", "1 process vs 2 torchrun nodes on loopback (gloo): steps/s, restart time."),
     "mlm": ("nanoft.bench.mlm", "main", "Masked-LM training tokens/s vs transformers BertForMaskedLM (same blocks, same run)."),
+    "unpad": ("nanoft.bench.unpad", "main", "Unpadded vs padded encoder: training examples/s on the same batches."),
 }
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from nanoft.errors import CheckpointError
+from nanoft.errors import CheckpointError, ConfigError
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "tanh")
 REQUIRED = ("vocab_size",)  # never guessed from a default when reading config.json
@@ -41,6 +41,10 @@ class ModelConfig:
     position_offset: int = 0
     attention: str = "full"
     attention_options: Dict[str, Any] = field(default_factory=dict)
+    # Run the encoder on packed real tokens, padding dropped once after the embeddings (full attention only;
+    # other kinds keep the padded path). None: where it was measured faster (`nanoft.models.encoder.
+    # unpad_by_default`). A run-time choice, not written to config.json.
+    unpad: Optional[bool] = None
     # Everything else found in config.json, written back on save so nothing is lost.
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +64,8 @@ class ModelConfig:
         _check_values(self)
         if self.hidden_size % self.num_heads:
             raise CheckpointError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.unpad is not None and not isinstance(self.unpad, bool):
+            raise ConfigError(f"unpad must be True, False or None (auto), got {self.unpad!r}")
         if self.activation not in ACTIVATIONS:
             raise CheckpointError(f"unsupported activation {self.activation!r}",
                                   fix=f"use one of {', '.join(ACTIVATIONS)}")

@@ -265,6 +265,44 @@ def test_rows_without_visible_keys_are_zero():
     assert all(torch.isfinite(g).all() for g in torch.autograd.grad(out.sum(), (q, k, v)))
 
 
+def _masks_of_every_shape(seq):
+    """(batch=4, seq) masks, True = pad: right-padded, left-padded, holes across tiles, all padding."""
+    mask = torch.zeros(4, seq, dtype=torch.bool)
+    mask[0, 29:] = True  # right padding (the row the kernels skip by its end alone)
+    mask[1, :13] = True  # left padding
+    mask[2, 3:5] = True  # holes: inside the first tile, across the tile edge at 16, and trailing padding
+    mask[2, 14:19] = True
+    mask[2, 33:] = True
+    mask[3] = True  # nothing to attend to
+    return mask
+
+
+def _zero_row_reference(q, k, v, key_padding_mask, **kw):
+    """softmax(q k^T / sqrt(d)) v over the allowed keys, written out, with 0 (not NaN) for a query that sees no
+    key: what the kernels define there, with finite gradients to compare."""
+    allowed = kernels.allowed_mask(q.shape[-2], k.shape[-2], key_padding_mask=key_padding_mask, **kw)
+    scores = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).masked_fill(~allowed, -1e30)
+    probs = torch.softmax(scores, dim=-1) * allowed.any(-1, keepdim=True)  # blind rows: all zero
+    return probs @ v
+
+
+@needs_interpreter
+@pytest.mark.parametrize("kw", [{}, dict(causal=True), dict(window=6), dict(window=4, num_global=2)])
+def test_any_mask_is_exact_in_the_kernels(kw):
+    """Masks that are not right-padded, as impl="auto" hands them over on CUDA without looking at them
+    (validate=False): outputs and dQ/dK/dV equal a written-out softmax, with 0 for queries that see no key."""
+    seq = 40
+    q, k, v = _qkv(4, 2, seq, 32)
+    mask = _masks_of_every_shape(seq)
+    sees = kernels.allowed_mask(seq, seq, key_padding_mask=mask, **kw).any(-1)  # (batch, 1, seq_q)
+    assert not sees[3].any() and sees[:3].flatten(1).any(1).all()  # the all-padding row sees nothing
+    _assert_matches(lambda *t: kernels.attention(*t, key_padding_mask=mask, impl="triton", validate=False, **kw),
+                    lambda *t: _zero_row_reference(*t, mask, **kw), q, k, v)
+    want = reference_attention(q, k, v, key_padding_mask=mask, **kw)  # the project's reference agrees where
+    got = kernels.attention(q, k, v, key_padding_mask=mask, impl="triton", validate=False, **kw)
+    assert (got - want).abs()[sees.expand_as(got[..., 0])].max() < TOL  # a query sees a key
+
+
 @needs_interpreter
 @pytest.mark.parametrize("kw", [dict(key_padding_mask=_padding([13], 20), window=4,
                                      num_global=1, scale=0.2),

@@ -139,3 +139,35 @@ def test_auto_picks_triton_on_cuda():
     assert torch.equal(auto, kernels.attention(q, k, v, key_padding_mask=mask, impl="triton"))
     ref = reference_attention(q, k, v, key_padding_mask=mask)
     assert (auto.float() - ref.float()).abs().max().item() < 2e-2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kw", [{}, dict(causal=True), dict(window=64, num_global=2)])
+def test_any_mask_through_auto(dtype, kw):
+    """impl="auto" hands every mask to the kernels without looking at it: right-padded, left-padded, with
+    holes across tiles; rows whose queries all see a key (an all-padding row is checked on CPU)."""
+    seq = 700
+    q, k, v = _qkv(3, 4, seq, 64, dtype)
+    mask = torch.zeros(3, seq, dtype=torch.bool, device="cuda")
+    mask[0, 500:] = True  # right padding
+    if kw.get("causal"):
+        mask[1, 300:350] = True  # (left padding would leave causal queries with no key at all)
+    else:
+        mask[1, :40] = True  # left padding
+    mask[2, 100:230] = True  # a hole across tiles, then right padding
+    mask[2, 650:] = True
+    _check(lambda *t: kernels.attention(*t, key_padding_mask=mask, **kw),
+           lambda *t: _low_precision(*t, key_padding_mask=mask, **kw), q, k, v)
+
+
+def test_auto_reads_no_mask_back():
+    """The padded path never waits for the device: CUDA's sync debug mode sees no synchronising call."""
+    q, k, v = _qkv(2, 4, 300, 64, torch.bfloat16)
+    mask = _padding([300, 123], 300)
+    kernels.attention(q, k, v, key_padding_mask=mask).sum().backward()  # compile and tune first
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = kernels.attention(q, k, v, key_padding_mask=mask)
+        torch.autograd.grad(out.sum(), (q, k, v))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

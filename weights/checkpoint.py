@@ -157,7 +157,7 @@ def load_model(path: Union[str, Path, None] = None, head: Optional[str] = "class
                dtype: Union[str, torch.dtype, None] = None, device: Union[str, torch.device] = "cpu",
                attention: Optional[str] = None, attention_options: Optional[Dict[str, Any]] = None,
                max_length: Optional[int] = None, hidden_dropout: Optional[float] = None,
-               attention_dropout: Optional[float] = None, return_report: bool = False):
+               attention_dropout: Optional[float] = None, unpad: Optional[bool] = None, return_report: bool = False):
     """Load a BERT / RoBERTa / DistilBERT checkpoint (HF layout) into an `EncoderModel`.
 
     `head`: "classification", "regression", "token-classification", "masked-lm" or None (hidden states).
@@ -165,6 +165,8 @@ def load_model(path: Union[str, Path, None] = None, head: Optional[str] = "class
     `max_length`: longer than the checkpoint's positions extends the position table by tiling.
     `hidden_dropout` / `attention_dropout`: replace the checkpoint's dropout rates (attention dropout 0
     lets torch SDPA on CPU take its fused kernel, which matters for long inputs).
+    `unpad`: run the encoder on packed real tokens (True), padded (False), or where measured faster (None);
+    only full attention unpads, other kinds keep the padded path.
     """
     path = Path(path) if path is not None else default_model_path()
     directory, files = _checkpoint_files(path)
@@ -179,6 +181,10 @@ def load_model(path: Union[str, Path, None] = None, head: Optional[str] = "class
             if not 0.0 <= rate < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {rate}", fix="pass a probability below 1")
             setattr(config, name, float(rate))
+    if unpad is not None:
+        if not isinstance(unpad, bool):
+            raise ConfigError(f"unpad must be True, False or None (auto), got {unpad!r}")
+        config.unpad = unpad
     old_positions = config.max_position_embeddings
     if max_length is not None and max_length > config.max_length:
         config.max_position_embeddings = max_length + config.position_offset

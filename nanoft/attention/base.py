@@ -70,6 +70,9 @@ class AttentionCore(nn.Module):
 
     Options: ClassVar[type] = NoOptions
     kind: ClassVar[str] = ""  # the registry name, set by `register`; used in error messages
+    # True for kinds with a `varlen(q, k, v, cu_seqlens, max_seqlen)` over packed (total_tokens, heads, head_dim)
+    # tokens: the unpadded encoder uses them; every other kind keeps the padded path.
+    supports_varlen: ClassVar[bool] = False
 
     def __init__(self, num_heads: int, head_dim: int, max_length: int, dropout: float = 0.0,
                  scale: Optional[float] = None, options: Optional[Any] = None, **overrides: Any) -> None:

@@ -40,7 +40,7 @@ def load_model_for(config: TrainConfig, head: str, num_labels: int) -> Tuple[Enc
     model, report = load_model(config.model, head=head, num_labels=num_labels, attention=config.attention,
                                attention_options=config.attention_options or None, max_length=config.max_length,
                                hidden_dropout=config.hidden_dropout, attention_dropout=config.attention_dropout,
-                               return_report=True)
+                               unpad=config.unpad, return_report=True)
     log.info("loaded %s: %s", report.path, report.summary())
     model.encoder.gradient_checkpointing = config.gradient_checkpointing
     return model, report

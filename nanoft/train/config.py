@@ -144,6 +144,12 @@ class TrainConfig:
     attention_dropout: Optional[float] = _model(None, "Dropout on attention probabilities; 0 lets CPU SDPA use its "
                                                       "fused kernel (faster, O(n) memory on long inputs).",
                                                 unset="the checkpoint's")
+    unpad: Optional[bool] = _model(None, "Run the encoder on the batch's real tokens only: padding dropped once "
+                                         "after the embeddings, attention over packed sequences. Full attention "
+                                         "only; other --attention kinds keep the padded path.",
+                                   flag="--unpad/--no-unpad",
+                                   unset="auto: on for CPU, and for CUDA in fp16/bf16 (Triton kernels); never "
+                                         "changes an output")
     # ---- parameter-efficient fine-tuning
     peft: Optional[str] = _peft(None, "Train only an adapter of this method; the base model stays frozen.",
                                 choices=_peft_methods)

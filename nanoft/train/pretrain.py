@@ -108,6 +108,7 @@ def new_model(config: PretrainConfig, tokenizer: Any) -> Any:
     for name, rate in (("hidden_dropout", config.hidden_dropout), ("attention_dropout", config.attention_dropout)):
         if rate is not None:
             setattr(model_config, name, rate)
+    model_config.unpad = config.unpad
     torch.manual_seed(config.seed)
     model = EncoderModel(model_config, head="masked-lm").init_weights()
     model.encoder.gradient_checkpointing = config.gradient_checkpointing
