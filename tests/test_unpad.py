@@ -420,3 +420,19 @@ def test_masked_lm_pretraining_with_and_without_unpad(tiny_task, tmp_path):
         runs[unpad] = final_weights(trainer)
     for name, want in runs[False].items():
         assert_close(runs[True][name], want, **TOL, msg=lambda m: f"{name}: {m}")
+
+
+def test_train_flag_and_config():
+    """`nanoft train --unpad/--no-unpad` comes from the TrainConfig field; unset it is auto (None)."""
+    from click.testing import CliRunner
+
+    from nanoft.cli import cli, train_params
+    from nanoft.train import TrainConfig
+
+    option = next(p for p in train_params() if p.name == "unpad")
+    assert (option.opts, option.secondary_opts) == (["--unpad"], ["--no-unpad"])
+    assert "other --attention kinds keep the padded path" in option.help
+    assert TrainConfig().unpad is None
+    assert TrainConfig.from_dict({"unpad": False}).unpad is False
+    help_text = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200).output
+    assert "--unpad / --no-unpad" in help_text
