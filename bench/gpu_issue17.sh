@@ -8,7 +8,7 @@
 #   env.txt                        GPU name, driver, torch / triton / transformers versions
 #   1_test_kernels_gpu.log         pytest tests/test_kernels_gpu.py (every CUDA kernel test, `gpu` marker)
 #   1_test_unpad_cuda.log          the unpadded encoder on CUDA: host-device syncs per step (sync debug mode)
-#   2_kernels_*.{json,md}, .log    attention benchmark: padded rows (SST-2 / IMDB lengths) vs SDPA, dense rows
+#   2_kernels_{padded,dense}.*     attention benchmark: padded rows (SST-2 / IMDB lengths) vs SDPA, dense rows
 #   3_train_accuracy_cuda.*, .log  MiniLM SST-2, one epoch: nanoft (bucketed, unpadded, Triton, bf16) vs
 #                                  transformers (dynamic padding, bf16 autocast, SDPA), same run; dev accuracy
 #   4_train_compile.*, .log        the same epoch with nanoft under torch.compile
@@ -49,8 +49,31 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 step 1_test_kernels_gpu 150 "$PYTEST" -q -p no:randomly -m gpu tests/test_kernels_gpu.py
 step 1_test_unpad_cuda 90 "$PYTEST" -q -p no:randomly -m gpu tests/test_unpad.py
 
-# 2. Attention benchmark: padded rows (nanoft mask path, nanoft varlen, SDPA, naive, flex) and dense rows.
-step 2_kernels 170 "$PY" -m nanoft.bench.attention_kernels --device cuda --quick --out-dir "$OUT" --name 2_kernels
+# 2. Attention benchmark (bench/attention_kernels.py), padded rows first (the >= 2x SDPA target: SST-2 and IMDB
+#    length batches, nanoft mask path and varlen vs SDPA), saved before the dense rows (512..8192, flex capped).
+cat >"$OUT/kernels_padded_first.py" <<'PYEOF'
+import json, sys, time
+from pathlib import Path
+import torch
+from nanoft.bench import attention_kernels as ak
+from nanoft.bench.common import write_results
+
+out = Path(sys.argv[1])
+batches = ak.load_batches(None, 256, 32, seed=0)
+meta = {"dtype": "bfloat16", "batch_lengths": json.dumps(batches), "order": "padded rows first, then dense"}
+cols = ["case", "impl", "mode", "n", "d", "batch", "heads", "real_frac", "ms", "tflops", "peak_mb",
+        "speedup_vs_sdpa", "speedup_vs_sdpa_flash", "status"]
+show = lambda row: print(json.dumps(row, default=str), flush=True)
+padded = ak.run_padded_bench({**batches, "sst2@128": batches["sst2"]}, 64, 12, torch.bfloat16, "cuda",
+                             ak.GPU_PADDED_IMPLS, progress=show, pad_to={"sst2@128": 128})
+notes = ("bench/attention_kernels.py's padded and dense cases (see its notes): nanoft and nanoft_varlen are called "
+         "as the model calls them (validate=False: nothing read back from the device in the timed call).")
+write_results("2_kernels_padded", padded, meta=meta, columns=cols, out_dir=out, notes=notes)
+dense = ak.run_kernel_bench([512, 2048, 8192], [64, 128], None, None, torch.bfloat16, "cuda", ak.GPU_IMPLS,
+                            flex_budget_s=40.0, progress=show)
+write_results("2_kernels_dense", dense, meta=meta, columns=cols, out_dir=out, notes=notes)
+PYEOF
+step 2_kernels 170 "$PY" "$OUT/kernels_padded_first.py" "$OUT"
 
 # 3. MiniLM SST-2, one epoch (67,349 examples), bf16: transformers vs nanoft in separate subprocesses.
 step 3_train_accuracy 220 "$PY" -m nanoft.bench.train --mode accuracy --examples 67349 --precision bf16 \
