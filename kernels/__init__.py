@@ -176,13 +176,14 @@ def _varlen_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: 
     over packed sequences:
 
         batches of          padded copy  per-sequence loop  nested (jagged)  block-diagonal  (padded path)
-        SST-2, random           57.4            87.6             210.6            71.3           52.6
-        SST-2, bucketed         46.5            94.3             149.1           196.1           29.6
-        AG News, random        304.1           256.0             758.1          1001.0          288.2
-        AG News, bucketed      120.7           310.5             352.2          1151.9           97.5
+        SST-2, random           23.8            20.0              61.6            22.7           19.6
+        SST-2, bucketed         10.1            24.0              42.6            49.2            7.3
+        AG News, random         85.9            66.4             208.8           274.4           78.6
+        AG News, bucketed       28.9            59.2              94.1           319.9           22.3
 
-    It is fastest in three of four (the loop wins long random batches by 16%), needs no host read of the
-    lengths (the loop does), and costs a few ms over the padded path's SDPA. Only attention pads; every
+    It is the fastest on bucketed batches (the default sampler's, 2-2.4x ahead of the loop) and 16-23%
+    behind the loop on random ones, where attention is a few percent of a step; it needs no host read of
+    the lengths (the loop does), and costs a few ms over the padded path's SDPA. Only attention pads; every
     other op of the unpadded encoder stays on (total_tokens, hidden).
     """
     batch = cu_seqlens.numel() - 1

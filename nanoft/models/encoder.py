@@ -174,10 +174,10 @@ def unpad_by_default(device: torch.device, dtype: torch.dtype, head_dim: int = 6
     return False
 
 
-# Measured (bench/results/unpad_cpu.md, MiniLM training steps, same batches, steps interleaved): random
-# batches of 32 (SST-2 68% padding, AG News 59%) train 2.5x / 2.1x faster unpadded in fp32 and 2.1x / 1.4x in
-# bf16; length-bucketed batches (3-4% padding) within noise of the padded path (0.96-1.04x over 8 rows of two
-# runs, mean 1.01). Faster or equal everywhere measured, so on.
+# Measured (bench/results/unpad_cpu.md: MiniLM training steps on the same batches, steps interleaved, three runs):
+# random batches of 32 (SST-2 69% padding, AG News 58%) train 1.9-2.5x / 1.4-2.1x faster unpadded; length-
+# bucketed ones (3-4% padding, nothing to drop) within noise of the padded path (0.96-1.04x, mean 1.01 over
+# 12 rows, fp32 and bf16). Faster or equal everywhere measured, so on.
 UNPAD_CPU_DEFAULT = True
 
 
