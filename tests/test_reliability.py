@@ -224,6 +224,26 @@ def test_every_crash_point_of_a_save_resumes_bit_for_bit(tiny_config, tmp_path, 
     assert resumed_from == {3, 4}  # crashes before the swap fall back to step 3, after it keep step 4
 
 
+def test_crash_after_the_final_evaluation_is_not_evaluated_twice(tiny_config, tmp_path, monkeypatch):
+    """A run killed after its last evaluation was checkpointed (results.json not yet written) resumes to the
+    uninterrupted run's log: the final evaluation is recorded once, not again on resume (found by the SIGKILL
+    test in CI)."""
+    common = dict(epochs=1, checkpoint_every=1, eval_every=0)
+    Trainer(tiny_config(output=str(tmp_path / "ref"), **common)).fit()
+
+    def killed(self, *args, **kwargs):
+        raise Crash("after the final checkpoint")
+
+    monkeypatch.setattr(Trainer, "_final_results", killed)
+    with pytest.raises(Crash):
+        Trainer(tiny_config(output=str(tmp_path / "run"), **common)).fit()
+    monkeypatch.undo()
+    Trainer(tiny_config(output=str(tmp_path / "run"), resume=True, **common)).fit()
+    log = strip_wall_clock(tmp_path / "run")
+    assert sum("eval" in record for record in log) == 1
+    assert log == strip_wall_clock(tmp_path / "ref")
+
+
 def test_disk_full_keeps_the_previous_checkpoint(tiny_config, tmp_path, monkeypatch):
     """ENOSPC while writing the step-4 checkpoint: one clear line naming the path; step 2's checkpoint is
     intact, nothing half-written remains, and resuming from it finishes bit for bit."""

@@ -58,12 +58,15 @@ class Progress:
     train_seconds: float = 0.0
     examples_seen: int = 0
     tokens_seen: int = 0
+    evaluated_step: int = -1  # the step of the last evaluation: a resumed run never evaluates a step twice
 
     @classmethod
     def from_state(cls, state: Dict[str, Any], where: str) -> "Progress":
         types = {"step": int, "epoch": int, "bad_evals": int, "history_lines": int, "train_seconds": float,
                  "examples_seen": int, "tokens_seen": int}
         values = {key: statefile.expect(state, key, kind, where) for key, kind in types.items()}
+        if "evaluated_step" in state:  # absent from checkpoints written before it was kept
+            values["evaluated_step"] = statefile.expect(state, "evaluated_step", int, where)
         best = state.get("best")
         if best is not None and not (isinstance(best, dict) and isinstance(best.get("score"), (int, float))):
             raise NanoftError("trainer state 'best' is malformed", path=where)
@@ -262,8 +265,8 @@ class Trainer:
                     bar.close()
             if outcome == "paused":
                 return {"stopped_at": p.step}
-            if self.eval_data and ((c.eval_every and p.step % c.eval_every != 0)
-                                   or (not c.eval_every and self._epoch_progress() > 0)):
+            if self.eval_data and p.evaluated_step != p.step and (
+                    (c.eval_every and p.step % c.eval_every != 0) or (not c.eval_every and self._epoch_progress() > 0)):
                 self._evaluate_and_track()  # training ended between scheduled evaluations
             self.save_checkpoint()
             extra: Dict[str, Any] = {}
@@ -336,6 +339,7 @@ class Trainer:
         results = {split: self.evaluate(split) for split in self.eval_data}
         score = results[next(iter(results))][self.objective.main_metric]
         self._log({"step": p.step, "epoch": round(p.epoch + self._epoch_progress(), 4), "eval": results})
+        p.evaluated_step = p.step
         sign = 1 if self.objective.greater_is_better else -1
         if p.best is None or sign * score > sign * p.best["score"]:
             p.best = {"score": score, "step": p.step, "metrics": results}
