@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+import torch
 from torch import nn
 
 from nanoft.errors import ConfigError
@@ -87,9 +88,10 @@ def add_adapter(model: nn.Module, name: str, method: str, *, train_head: bool = 
 
     if spec.wraps_layers:
         modules = select(model, opts.targets, method, spec.layers)
+        layer_opts = spec.prepare(model, opts, modules) if spec.prepare else opts
         for module_name in modules:
             layer = _wrap(model, module_name)
-            layer.add(name, spec.factory(layer.base, opts, module_name))
+            layer.add(name, spec.factory(layer.base, layer_opts, module_name))
     else:
         modules = spec.parameters(model, opts)
 
@@ -172,6 +174,24 @@ def adapter_parameters(model: nn.Module, name: Optional[str] = None) -> Dict[str
         head = model.head.heads[name] if isinstance(getattr(model, "head", None), HeadSwitch) else head_module(model)
         if head is not None:
             out.update({f"head.{n}": p for n, p in head.named_parameters()})
+    return out
+
+
+def adapter_state(model: nn.Module, name: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Everything an adapter file holds: `adapter_parameters` plus the adapter's persistent buffers (frozen
+    tensors that are not the base model's, e.g. PiSSA's initial factors or VeRA's random matrices).
+
+    A tensor shared by several layers (VeRA's matrices) is listed once, under the first layer's name.
+    """
+    name = name or active_adapter(model)
+    out: Dict[str, torch.Tensor] = dict(adapter_parameters(model, name))
+    seen = {id(t) for t in out.values()}
+    for layer_name, layer in peft_layers(model).items():
+        if name in layer.adapters:
+            for key, t in layer.adapters[name].state_dict(keep_vars=True).items():
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    out[f"{layer_name}.{key}"] = t
     return out
 
 
@@ -295,5 +315,5 @@ def _jsonable(value: Any) -> Any:
 
 __all__ = ["apply", "add_adapter", "set_adapter", "delete_adapter", "merge", "unmerge", "merge_and_unload", "unload",
            "merged_copy", "is_mergeable", "is_peft_model",
-           "trainable_summary", "adapter_parameters", "adapters_of", "active_adapter", "mark_trainable",
-           "AdapterConfig"]
+           "trainable_summary", "adapter_parameters", "adapter_state", "adapters_of", "active_adapter",
+           "mark_trainable", "AdapterConfig"]

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from nanoft.errors import CheckpointError
-from nanoft.peft.inject import (active_adapter, adapter_parameters, adapters_of, add_adapter, delete_adapter,
-                                head_module, set_adapter)
+from nanoft.peft.inject import (active_adapter, adapter_state, adapters_of, add_adapter, delete_adapter, head_module,
+                                set_adapter)
 from nanoft.weights.safetensors_io import SafetensorsFile, atomic_write_json, save_file
 
 WEIGHTS_NAME = "adapter.safetensors"
@@ -44,7 +44,7 @@ def save_adapter(model: nn.Module, directory: Union[str, Path], name: Optional[s
     """
     directory = Path(directory)
     name = name or active_adapter(model)
-    tensors = adapter_parameters(model, name)  # raises for an unknown name
+    tensors = adapter_state(model, name)  # raises for an unknown name
     config = adapters_of(model)[name]
     save_file({k: p.detach() for k, p in tensors.items()}, directory / WEIGHTS_NAME,
               metadata={"format": "pt", "nanoft_adapter": name, "method": config.method})
@@ -58,7 +58,7 @@ def save_adapter(model: nn.Module, directory: Union[str, Path], name: Optional[s
 
 def adapter_nbytes(model: nn.Module, name: Optional[str] = None) -> int:
     """Bytes of tensor data `save_adapter` writes for adapter `name` (the file adds a small header)."""
-    return sum(p.numel() * p.element_size() for p in adapter_parameters(model, name).values())
+    return sum(p.numel() * p.element_size() for p in adapter_state(model, name).values())
 
 
 def read_adapter_config(directory: Union[str, Path]) -> Dict[str, Any]:
@@ -114,7 +114,7 @@ def load_adapter(model: nn.Module, directory: Union[str, Path], name: Optional[s
 
     add_adapter(model, name, config["method"], train_head=bool(config.get("train_head", True)),
                 **config.get("options", {}))
-    params = adapter_parameters(model, name)
+    params = adapter_state(model, name)
     problems = []
     if adapters_of(model)[name].modules != config.get("modules"):
         problems.append("its targets pick different layers on this model")

@@ -11,6 +11,9 @@
   `forward(x, base)` (and `merge(base)` / `unmerge(base)` when `mergeable`).
 - `parameters(model, options) -> names`: instead of a factory, for methods that train some of the
   base model's own tensors (BitFit) rather than wrapping layers.
+- `prepare(model, options, layer_names) -> layer_options`: optional, called once per adapter before
+  any factory call, for state shared by all its layers (VeRA's random matrices, sized to the
+  largest picked layer); what it returns is what the factory receives as options.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from nanoft.peft.targets import parse_targets
 
 Factory = Callable[[nn.Module, Any, str], nn.Module]
 Parameters = Callable[[nn.Module, Any], List[str]]
+Prepare = Callable[[nn.Module, Any, List[str]], Any]
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Method:
     defaults: Mapping[str, Any] = field(default_factory=dict)  # this method's defaults over the class's
     layers: Tuple[type, ...] = (nn.Linear,)  # layer kinds its targets may pick
     parameters: Optional[Parameters] = None
+    prepare: Optional[Prepare] = None  # shared state for all of one adapter's layers, before the factory calls
 
     @property
     def wraps_layers(self) -> bool:
@@ -50,7 +55,7 @@ _METHODS: Dict[str, Method] = {}
 
 def register(name: str, options: type, factory: Optional[Factory] = None, *, mergeable: bool,
              defaults: Optional[Mapping[str, Any]] = None, layers: Tuple[type, ...] = (nn.Linear,),
-             parameters: Optional[Parameters] = None) -> Method:
+             parameters: Optional[Parameters] = None, prepare: Optional[Prepare] = None) -> Method:
     """Add method `name`; give exactly one of `factory` (wrap layers) and `parameters` (train base tensors)."""
     if name in _METHODS:
         raise ValueError(f"PEFT method {name!r} is already registered")
@@ -58,11 +63,13 @@ def register(name: str, options: type, factory: Optional[Factory] = None, *, mer
         raise TypeError(f"options of PEFT method {name!r} must be a dataclass, got {options!r}")
     if (factory is None) == (parameters is None):
         raise TypeError(f"PEFT method {name!r}: pass exactly one of factory= and parameters=")
+    if prepare is not None and factory is None:
+        raise TypeError(f"PEFT method {name!r}: prepare= goes with factory=")
     valid = {f.name for f in dataclasses.fields(options)}
     unknown = set(defaults or {}) - valid
     if unknown:
         raise TypeError(f"PEFT method {name!r}: defaults for unknown options {sorted(unknown)}")
-    method = Method(name, options, factory, mergeable, dict(defaults or {}), tuple(layers), parameters)
+    method = Method(name, options, factory, mergeable, dict(defaults or {}), tuple(layers), parameters, prepare)
     _METHODS[name] = method
     return method
 
