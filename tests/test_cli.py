@@ -172,7 +172,8 @@ def test_config_file_overlay(tmp_path):
 
 @pytest.mark.parametrize("flag,value,near,valid", [
     ("--attention", "perfomer", "performer", ["full", "linformer", "performer", "longformer", "bigbird"]),
-    ("--peft", "lorra", "lora", ["lora", "rslora", "dora", "houlsby", "pfeiffer", "ia3", "bitfit"]),
+    ("--peft", "lorra", "lora", ["lora", "rslora", "dora", "pissa", "vera", "houlsby", "pfeiffer", "ia3",
+                                  "bitfit"]),
 ])
 def test_unknown_name_is_one_line_listing_choices(flag, value, near, valid, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["nanoft", "train", "--task", "sst2", flag, value])
