@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
@@ -104,35 +104,49 @@ def tokenize(examples: Any, tokenizer: Any, max_length: int, truncation: Optiona
 _ARRAYS = {"input_ids": np.int32, "token_type_ids": np.int8, "offsets": np.int64}  # name -> dtype, in file order
 
 
-def _checksum(arrays: tuple) -> str:
+def _checksum(arrays: Dict[str, np.ndarray]) -> str:
     """sha256 over each array's name, dtype, shape and bytes: a truncated or flipped entry never matches."""
     h = hashlib.sha256()
-    for name, a in zip(_ARRAYS, arrays):
+    for name, a in arrays.items():
         h.update(f"{name}:{a.dtype.str}:{a.shape}\n".encode())
         h.update(np.ascontiguousarray(a).data)
     return h.hexdigest()
 
 
-def _save(path: Path, input_ids: np.ndarray, token_type_ids: np.ndarray, offsets: np.ndarray) -> None:
-    """Write the cache entry atomically (a concurrent reader sees no file or a whole one), with its checksum."""
-    arrays = dict(zip(_ARRAYS, (input_ids, token_type_ids, offsets)))
-    digest = np.array(_checksum(tuple(arrays.values())))  # a fixed-width str array: no pickle needed
+def save_arrays(path: Path, arrays: Dict[str, np.ndarray]) -> None:
+    """Write a cache entry of named arrays atomically (a concurrent reader sees no file or a whole one), with
+    its checksum. Shared by every on-disk cache of token ids (this module's, packing's token streams)."""
+    digest = np.array(_checksum(arrays))  # a fixed-width str array: no pickle needed
     atomic_write_bytes(path, lambda f: np.savez(f, sha256=digest, **arrays),
                        fix="set $NANOFT_CACHE_DIR to a writable folder with free space")
 
 
-def _load(path: Path, n: int) -> Optional[tuple]:
-    """The cached arrays, or None (with a warning) for an entry that is unreadable, damaged or for other examples."""
+def load_arrays(path: Path, dtypes: Dict[str, Any]) -> Optional[Dict[str, np.ndarray]]:
+    """The entry's arrays ({name: dtype}, in file order), or None (with a warning) for an unreadable or damaged
+    entry; never unpickled."""
     try:
         with np.load(path, allow_pickle=False) as z:  # a pickle planted in the cache is refused, never run
-            arrays = tuple(z[name] for name in _ARRAYS)
+            arrays = {name: z[name] for name in dtypes}
             stored = str(z["sha256"])
     except Exception as e:  # a damaged cache file is rebuilt, never trusted
         logger.warning("rebuilding unreadable cache entry %s (%s)", path, e)
         return None
-    if any(a.dtype != dtype for a, dtype in zip(arrays, _ARRAYS.values())) or stored != _checksum(arrays):
+    if any(a.dtype != dtypes[name] for name, a in arrays.items()) or stored != _checksum(arrays):
         logger.warning("rebuilding corrupted cache entry %s (checksum mismatch)", path)
         return None
+    return arrays
+
+
+def _save(path: Path, input_ids: np.ndarray, token_type_ids: np.ndarray, offsets: np.ndarray) -> None:
+    save_arrays(path, dict(zip(_ARRAYS, (input_ids, token_type_ids, offsets))))
+
+
+def _load(path: Path, n: int) -> Optional[tuple]:
+    """The cached arrays, or None (with a warning) for an entry that is unreadable, damaged or for other examples."""
+    loaded = load_arrays(path, _ARRAYS)
+    if loaded is None:
+        return None
+    arrays = tuple(loaded.values())
     if len(arrays[2]) != n + 1 or arrays[2][-1] != len(arrays[0]):
         logger.warning("rebuilding cache entry %s: it does not match the examples", path)
         return None

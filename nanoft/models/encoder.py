@@ -13,6 +13,10 @@ and token-type ids are known, and every embedding lookup, linear, LayerNorm, dro
 runs on `(total_tokens, hidden)`; attention goes through `nanoft.kernels.varlen_attention` with the
 sequences' offsets. `Packing` records where each real token came from, so a head gets back exactly
 the rows it reads ([CLS] rows, masked-LM positions) and `forward` the padded hidden state.
+
+Document mask (`document_ids`, for packed masked-LM blocks): each document of a row becomes its own
+packed sequence, so attention never crosses documents, and positions restart at each document: every
+document is encoded exactly as if it were run alone, at no cost over the unpadded path (no (n, n) mask).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoft.config import ModelConfig
+from nanoft.errors import ConfigError
 
 
 def activation_fn(name: str):
@@ -52,23 +57,32 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """0..T-1, or for RoBERTa offset+0..offset+T-1 over real tokens with pad positions for padding."""
+    def position_ids(self, input_ids: torch.Tensor, document_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """0..T-1, or for RoBERTa offset+0..offset+T-1 over real tokens with pad positions for padding.
+        With `document_ids` (batch, seq), positions restart at each document's first token."""
         offset = self.config.position_offset
+        if document_ids is not None:
+            index = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            starts = document_starts(document_ids)  # (batch, seq) True at each document's first token
+            positions = index - torch.cummax(torch.where(starts, index, 0), dim=1).values
+            if offset == 0:
+                return positions
+            is_token = input_ids != self.config.pad_token_id
+            return torch.where(is_token, positions + offset, self.config.pad_token_id)
         if offset == 0:
             return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         is_token = (input_ids != self.config.pad_token_id).long()
         return torch.cumsum(is_token, dim=1) * is_token + self.config.pad_token_id
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None,
-                packing: Optional["Packing"] = None) -> torch.Tensor:
+                packing: Optional["Packing"] = None, document_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(batch, seq, hidden), or with `packing` (total_tokens, hidden): ids, positions and token types
         are found on the padded (batch, seq) layout, then only the real tokens are looked up."""
         seq_len = input_ids.shape[1]
         if seq_len > self.config.max_length:
             raise ValueError(f"input of {seq_len} tokens is longer than the model's {self.config.max_length} "
                              f"positions; truncate it or load with max_length={seq_len} to extend positions")
-        positions = self.position_ids(input_ids)  # (batch or 1, seq)
+        positions = self.position_ids(input_ids, document_ids)  # (batch or 1, seq)
         if self.token_type is not None and token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if packing is not None:  # (batch, seq) -> (total_tokens,)
@@ -174,6 +188,13 @@ def unpad_by_default(device: torch.device, dtype: torch.dtype, head_dim: int = 6
     return False
 
 
+def document_starts(document_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) bool, True where a new document begins: at position 0 and where the id changes."""
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    return starts
+
+
 # Measured (bench/results/unpad_cpu.md: MiniLM training steps on the same batches, steps interleaved, three runs):
 # random batches of 32 (SST-2 69% padding, AG News 58%) train 1.9-2.5x / 1.4-2.1x faster unpadded; length-
 # bucketed ones (3-4% padding, nothing to drop) within noise of the padded path (0.96-1.04x, mean 1.01 over
@@ -190,20 +211,29 @@ class Packing:
     reading the mask back from the device.
     """
     indices: torch.Tensor     # (total_tokens,) flat positions in (batch * seq) of the real tokens, ascending
-    cu_seqlens: torch.Tensor  # (batch + 1,) int32 offsets of each sequence in the packed order
+    cu_seqlens: torch.Tensor  # (sequences + 1,) int32 offsets of each sequence in the packed order
     batch: int
     seq: int
+    # With documents: (batch,) packed row of each batch row's first token (cu_seqlens then marks documents)
+    row_starts: Optional[torch.Tensor] = None
 
     @classmethod
-    def of(cls, attention_mask: torch.Tensor) -> "Packing":
+    def of(cls, attention_mask: torch.Tensor, document_ids: Optional[torch.Tensor] = None) -> "Packing":
         """From a (batch, seq) 1/0 mask. The number of real tokens sizes every packed tensor, so finding the
-        indices is the one point where an unpadded forward waits for the device (once, not once per layer)."""
+        indices is the one point where an unpadded forward waits for the device (once, not once per layer).
+        With `document_ids` (batch, seq), every document of a row is a sequence of its own (one more wait:
+        the number of documents)."""
         batch, seq = attention_mask.shape
         real = attention_mask != 0  # (batch, seq)
         lengths = real.sum(dim=1, dtype=torch.int32)
         cu_seqlens = F.pad(torch.cumsum(lengths, dim=0, dtype=torch.int32), (1, 0))
         indices = torch.nonzero(real.reshape(-1)).squeeze(1)  # (total_tokens,)
-        return cls(indices, cu_seqlens, batch, seq)
+        if document_ids is None:
+            return cls(indices, cu_seqlens, batch, seq)
+        starts = document_starts(document_ids.to(attention_mask.device)).reshape(-1).index_select(0, indices)
+        total = torch.tensor([indices.numel()], device=indices.device)
+        doc_cu = torch.cat([torch.nonzero(starts).squeeze(1), total]).to(torch.int32)  # (documents + 1,)
+        return cls(indices, doc_cu, batch, seq, row_starts=cu_seqlens[:-1].long())
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, seq, ...) -> (total_tokens, ...)."""
@@ -216,7 +246,7 @@ class Packing:
 
     def first_rows(self) -> torch.Tensor:
         """(batch,) packed row of each sequence's first token ([CLS] / <s> when position 0 is real)."""
-        return self.cu_seqlens[:-1].long()
+        return self.cu_seqlens[:-1].long() if self.row_starts is None else self.row_starts
 
     def rows_of(self, flat_positions: torch.Tensor) -> torch.Tensor:
         """Packed rows of real-token positions given as flat indices into (batch * seq)."""
@@ -235,12 +265,19 @@ class Encoder(nn.Module):
         self.gradient_checkpointing = False
 
     def unpads(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-               every_position: bool = True) -> bool:
+               every_position: bool = True, document_ids: Optional[torch.Tensor] = None) -> bool:
         """Whether this call runs unpadded: a mask to unpad by, every layer's attention able to take packed
         tokens, and `config.unpad`. None (auto) is a pure speed choice that never changes what is returned:
         it unpads only when the caller returns no output at padding (`every_position=False`: a sequence
-        head, masked-LM positions), and then where `unpad_by_default` says it is faster."""
-        if attention_mask is None or not all(layer.attention.core.supports_varlen for layer in self.layers):
+        head, masked-LM positions), and then where `unpad_by_default` says it is faster. A document mask
+        always runs unpadded: its documents are the packed sequences."""
+        varlen = all(layer.attention.core.supports_varlen for layer in self.layers)
+        if document_ids is not None:
+            if not varlen:
+                raise ConfigError(f"the document mask needs full attention, not {self.config.attention!r}",
+                                  fix="drop --attention or --document-mask")
+            return True
+        if attention_mask is None or not varlen:
             return False
         if self.config.unpad is not None:
             return self.config.unpad
@@ -252,14 +289,19 @@ class Encoder(nn.Module):
         return unpad_by_default(device, dtype, self.config.head_dim)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-               token_type_ids: Optional[torch.Tensor] = None,
-               every_position: bool = True) -> Tuple[torch.Tensor, Optional[Packing]]:
+               token_type_ids: Optional[torch.Tensor] = None, every_position: bool = True,
+               document_ids: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[Packing]]:
         """(last hidden state, None) padded, `(batch, seq, hidden)`; or unpadded (`unpads`) the packed
         `(total_tokens, hidden)` state and its `Packing`. `every_position`: the caller returns an output at
-        every position, padding included (see `unpads`)."""
-        packing = Packing.of(attention_mask) if self.unpads(input_ids, attention_mask, every_position) else None
+        every position, padding included (see `unpads`). `document_ids` (batch, seq): the document of each
+        token; attention stays within documents and positions restart at each (the document mask)."""
+        packing = None
+        if self.unpads(input_ids, attention_mask, every_position, document_ids):
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            packing = Packing.of(attention_mask, document_ids)
         key_padding_mask = None if packing is not None else key_padding_mask_of(attention_mask)  # True = padding
-        x = self.embeddings(input_ids, token_type_ids, packing)
+        x = self.embeddings(input_ids, token_type_ids, packing, document_ids)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, key_padding_mask, packing, use_reentrant=False)
@@ -268,9 +310,10 @@ class Encoder(nn.Module):
         return x, packing
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+                token_type_ids: Optional[torch.Tensor] = None,
+                document_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The last hidden state `(batch, seq, hidden)`; unpadded, zeros at padding."""
-        x, packing = self.encode(input_ids, attention_mask, token_type_ids)
+        x, packing = self.encode(input_ids, attention_mask, token_type_ids, document_ids=document_ids)
         return x if packing is None else packing.unpack(x)
 
 
@@ -301,4 +344,5 @@ def count_parameters(module: nn.Module) -> Tuple[int, int]:
 
 
 __all__ = ["Embeddings", "SelfAttention", "FeedForward", "EncoderLayer", "Encoder", "Packing", "init_weights",
+           "document_starts",
            "activation_fn", "count_parameters", "unpad_by_default"]

@@ -30,12 +30,16 @@ class EncoderModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None,
-                masked_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+                masked_positions: Optional[torch.Tensor] = None,
+                document_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """`masked_positions` (masked-LM head only): flat indices `(n,)` into `(batch * seq)`; the logits are
-        then `(n, vocab)`, computed only there (the vocabulary projection costs more than the encoder)."""
+        then `(n, vocab)`, computed only there (the vocabulary projection costs more than the encoder).
+        `document_ids` `(batch, seq)`: the document of each token of packed blocks; attention stays within
+        documents and positions restart at each, as if every document were run alone (runs unpadded)."""
         every_position = self.head is None or self.head_kind == "token-classification" or (
             isinstance(self.head, MaskedLMHead) and masked_positions is None)
-        hidden, packing = self.encoder.encode(input_ids, attention_mask, token_type_ids, every_position)
+        hidden, packing = self.encoder.encode(input_ids, attention_mask, token_type_ids, every_position,
+                                              document_ids)
         if packing is not None:
             return self._unpadded_head(hidden, packing, masked_positions)
         if self.head is None:

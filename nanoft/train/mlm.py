@@ -6,6 +6,9 @@ MiniLM encoder, and all but ~15% of those logits would be thrown away.
 
 Training masks are new every epoch (`set_epoch`); evaluation uses one fixed mask drawn with
 `eval_mask_seed`, independent of the training seed, so two runs or two checkpoints are comparable.
+
+With `document_mask`, each batch carries `document_ids` and the model attends only within documents
+(each document of a packed block encoded as if alone), in training and evaluation alike.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from torch import nn
 
 from nanoft.data import EvalBatchSampler
 from nanoft.data.masking import EVAL_STREAM, Masker
-from nanoft.data.packing import PackedDataset, pack
+from nanoft.data.packing import PackedDataset, document_grid, pack
 from nanoft.errors import ConfigError
 
 
@@ -37,10 +40,12 @@ class MaskedLM:
     greater_is_better = False
     label_names: Optional[List[str]] = None
 
-    def __init__(self, rate: float = 0.15, whole_word: bool = False, eval_mask_seed: int = 0) -> None:
+    def __init__(self, rate: float = 0.15, whole_word: bool = False, eval_mask_seed: int = 0,
+                 document_mask: bool = False) -> None:
         if not 0 < rate < 1:
             raise ConfigError(f"mask rate must be in (0, 1), got {rate}", fix="e.g. --mask-rate 0.15")
         self.rate, self.whole_word, self.eval_mask_seed = rate, whole_word, eval_mask_seed
+        self.document_mask = document_mask
         self.epoch = 0
         self.masker: Optional[Masker] = None  # made with the tokenizer, in load_data
         self.eval_masker: Optional[Masker] = None
@@ -68,10 +73,18 @@ class MaskedLM:
 
     def collate(self, data: Any, indices: List[int], pad_token_id: int,
                 pad_to_multiple_of: Optional[int]) -> Dict[str, torch.Tensor]:
-        return self.masker.collate(data, indices, pad_token_id, pad_to_multiple_of, stream=self.epoch)
+        return self._with_documents(
+            self.masker.collate(data, indices, pad_token_id, pad_to_multiple_of, stream=self.epoch), data, indices)
+
+    def _with_documents(self, batch: Dict[str, torch.Tensor], data: Any, indices: List[int]) -> Dict[str, torch.Tensor]:
+        """Adds `document_ids` `(B, T)` under the document mask."""
+        if self.document_mask:
+            batch["document_ids"] = torch.from_numpy(document_grid(data, indices, batch["input_ids"].shape[1]))
+        return batch
 
     def model_kwargs(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        return {"masked_positions": batch["masked_positions"]}
+        extra = {"document_ids": batch["document_ids"]} if "document_ids" in batch else {}
+        return {"masked_positions": batch["masked_positions"], **extra}
 
     def loss(self, outputs: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         return mlm_loss(outputs, batch["mlm_labels"])
@@ -87,11 +100,12 @@ class MaskedLM:
         model.eval()
         totals = torch.zeros(2, dtype=torch.float64)  # (summed loss, predicted tokens)
         for indices in EvalBatchSampler(data.lengths, batch_size, rank=dist.rank, world_size=dist.world_size):
-            batch = self.eval_masker.collate(data, indices, pad_token_id, None, stream=EVAL_STREAM)
+            batch = self._with_documents(self.eval_masker.collate(data, indices, pad_token_id, None,
+                                                                  stream=EVAL_STREAM), data, indices)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(precision, device):
                 logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                               token_type_ids=batch["token_type_ids"], masked_positions=batch["masked_positions"])
+                               token_type_ids=batch["token_type_ids"], **self.model_kwargs(batch))
             totals[0] += float(F.cross_entropy(logits.float(), batch["mlm_labels"], reduction="sum"))
             totals[1] += batch["mlm_labels"].numel()
         model.train(was_training)

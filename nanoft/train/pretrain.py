@@ -52,12 +52,20 @@ class PretrainConfig(TrainConfig):
     text_columns: List[str] = _data(help="Text column of a TSV/CSV/JSONL corpus.", factory=list, flag="--text-column",
                                     multiple=True, unset="text")
     max_length: int = _data(128, "Block length: the corpus is packed into blocks of this many tokens.")
+    document_mask: bool = _data(False, "Keep attention within documents inside a packed block (block-diagonal "
+                                       "mask; positions restart at each document). Runs unpadded; full "
+                                       "attention only.")
     # ---- masking
     mask_rate: float = _masking(0.15, "Fraction of the tokens to predict (MosaicBERT used 0.3).")
     whole_word_mask: bool = _masking(False, "Mask every piece of a word together.")
     eval_mask_seed: int = _masking(0, "Seed of the fixed evaluation mask (independent of --seed, so runs compare).")
     # ---- from scratch
-    from_scratch: bool = _scratch(False, "Start from random weights; the tokenizer still comes from --model.")
+    from_scratch: bool = _scratch(False, "Start from random weights; the tokenizer comes from --model unless "
+                                         "--train-tokenizer.")
+    train_tokenizer: Optional[int] = _scratch(None, "With --from-scratch: train a vocabulary of about this many "
+                                                    "tokens on the train corpus (WordPiece for BERT, byte-level BPE "
+                                                    "for RoBERTa), saved with the run; the model takes its size.",
+                                              metavar="VOCAB_SIZE")
     family: str = _scratch("bert", "Layout of the new model.", choices=list(FAMILIES))
     hidden_size: int = _scratch(256, "Hidden size of the new model.")
     num_layers: int = _scratch(4, "Encoder layers of the new model.")
@@ -76,6 +84,17 @@ class PretrainConfig(TrainConfig):
         super().check_values()
         if not 0 < self.mask_rate < 1:
             raise ConfigError(f"mask_rate must be in (0, 1), got {self.mask_rate}", fix="e.g. --mask-rate 0.15")
+        if self.document_mask and self.attention not in (None, "full"):
+            raise ConfigError(f"--document-mask needs full attention, not --attention {self.attention}",
+                              fix="drop one of --attention and --document-mask")
+        if self.train_tokenizer is not None:
+            from nanoft.weights.vocab import check_vocab_size
+
+            if not self.from_scratch:
+                raise ConfigError("--train-tokenizer needs --from-scratch",
+                                  fix="a checkpoint keeps the tokenizer it was trained with; add --from-scratch")
+            if not self.config_json:
+                check_vocab_size(self.family, self.train_tokenizer)
         if self.from_scratch and not self.config_json:
             for name in ("hidden_size", "num_layers", "num_heads"):
                 if getattr(self, name) < 1:
@@ -95,6 +114,8 @@ def new_model(config: PretrainConfig, tokenizer: Any) -> Any:
         model_config = ModelConfig.from_file(config.config_json)
         model_config.max_position_embeddings = max(model_config.max_position_embeddings,
                                                    config.max_length + model_config.position_offset)
+        if config.train_tokenizer:  # the vocabulary trained for this run, whatever the file says
+            model_config.vocab_size, model_config.pad_token_id = tokenizer.vocab_size, tokenizer.pad_token_id
     else:
         roberta = config.family == "roberta"
         pad = tokenizer.pad_token_id
@@ -123,13 +144,36 @@ def check_vocabulary(tokenizer: Any, model: Any) -> None:
                           fix="use the tokenizer the model was trained with (or a config with a larger vocab_size)")
 
 
+def run_tokenizer(config: PretrainConfig) -> Any:
+    """The run's tokenizer: --model's, or with --train-tokenizer one trained on the train corpus (read back from
+    the run's checkpoint when resuming, so a resumed run keeps its vocabulary)."""
+    from nanoft.train.corpus import load_corpus
+    from nanoft.train.rundir import RunDir
+    from nanoft.weights import load_tokenizer
+    from nanoft.weights.vocab import train_tokenizer
+
+    if not config.train_tokenizer:
+        return load_tokenizer(config.model)
+    saved = RunDir(config.output).checkpoint
+    if config.resume and (saved / "tokenizer.json").is_file():
+        return load_tokenizer(saved)
+    family = config.family
+    if config.config_json:
+        from nanoft.config import ModelConfig
+
+        family = ModelConfig.from_file(config.config_json).family
+    (texts, pairs), _, name = load_corpus(config)
+    return train_tokenizer(list(texts) + list(pairs or []), family, config.train_tokenizer,
+                           source=f"tokenizer trained on {config.text_file or name}")
+
+
 def build_pretraining(config: PretrainConfig, device: Optional[str] = None, progress: bool = True) -> Any:
     """A Trainer for masked-LM: the model (loaded or new), its tokenizer, and the MaskedLM objective."""
     from nanoft.train import build
     from nanoft.train.mlm import MaskedLM
     from nanoft.train.runtime import seed_everything
     from nanoft.train.trainer import Trainer
-    from nanoft.weights import default_model_path, load_tokenizer
+    from nanoft.weights import default_model_path
 
     config = config.validate()
     if config.model is None:
@@ -138,8 +182,8 @@ def build_pretraining(config: PretrainConfig, device: Optional[str] = None, prog
         corpus = config.task or Path(config.text_file).stem
         config = config.replace(output=str(Path("runs") / f"mlm-{corpus}-{'scratch' if config.from_scratch else 'cont'}"
                                                                         f"-s{config.seed}"))
-    tokenizer = load_tokenizer(config.model)
-    objective = MaskedLM(config.mask_rate, config.whole_word_mask, config.eval_mask_seed)
+    tokenizer = run_tokenizer(config)
+    objective = MaskedLM(config.mask_rate, config.whole_word_mask, config.eval_mask_seed, config.document_mask)
     objective.prepare(tokenizer, config.seed)  # a tokenizer without a mask token fails here, before any work
     seed_everything(config.seed)  # a head the checkpoint lacks is initialised from the run's seed
     if config.from_scratch:
@@ -170,7 +214,8 @@ def pretrain_and_report(config: PretrainConfig) -> str:
 
 def evaluate_text(model_dir: Optional[str], text_file: str, max_length: int = 128, batch_size: int = 128,
                   mask_rate: float = 0.15, eval_mask_seed: int = 0, whole_word: bool = False,
-                  text_column: Optional[str] = None, device: Optional[str] = None) -> Dict[str, float]:
+                  text_column: Optional[str] = None, device: Optional[str] = None,
+                  document_mask: bool = False) -> Dict[str, float]:
     """Masked-LM loss and perplexity of a checkpoint (a model directory or a run's best/) on a text file, with
     the same fixed seeded mask a pretraining run evaluates with: `nanoft eval --objective mlm`."""
     from nanoft.train import distributed
@@ -183,7 +228,7 @@ def evaluate_text(model_dir: Optional[str], text_file: str, max_length: int = 12
     if model_dir is not None and RunDir(model_dir).is_run():
         model_dir = str(RunDir(model_dir).model_dir())
     tokenizer = load_tokenizer(model_dir)
-    objective = MaskedLM(mask_rate, whole_word, eval_mask_seed)
+    objective = MaskedLM(mask_rate, whole_word, eval_mask_seed, document_mask)
     objective.prepare(tokenizer, eval_mask_seed)
     model = load_model(model_dir, head="masked-lm", max_length=max_length)
     check_vocabulary(tokenizer, model)
