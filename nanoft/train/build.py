@@ -67,7 +67,8 @@ def make_optimization(config: TrainConfig, model: torch.nn.Module, batches_per_e
     """(steps per epoch, total steps, optimizer, schedule, gradient scaler or None)."""
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    groups = param_groups(model, config.lr, config.weight_decay, config.layerwise_lr_decay, config.layer_lrs)
+    groups = param_groups(model, config.lr, config.weight_decay, config.layerwise_lr_decay, config.layer_lrs,
+                          config.lora_plus_ratio)
     optimizer = build_optimizer(groups, config.optimizer, lr=config.lr, eps=config.adam_eps,
                                 momentum=config.momentum)
     scheduler = Scheduler(optimizer, ScheduleConfig(

@@ -157,6 +157,8 @@ class TrainConfig:
     peft_options: Dict[str, Any] = _peft(help="Options of the --peft method, by name.", factory=dict,
                                          peft_registry=True)
     train_head: bool = _peft(True, "Keep the task head trainable under PEFT.")
+    lora_plus_ratio: Optional[float] = _peft(None, "LoRA+: train every LoRA B matrix at this many times the rate "
+                                                   "of A (lora, rslora, dora, pissa), e.g. 16.", unset="off")
     # ---- batching and optimisation
     epochs: float = _optimization(3.0, "Passes over the training data (fractions allowed).")
     max_steps: Optional[int] = _optimization(None, "Stop after this many optimizer steps (overrides --epochs).")
@@ -261,6 +263,9 @@ class TrainConfig:
             (self.hidden_dropout is None or 0 <= self.hidden_dropout < 1, "hidden_dropout must be in [0, 1)"),
             (self.attention_dropout is None or 0 <= self.attention_dropout < 1, "attention_dropout must be in [0, 1)"),
             (self.child_tuning_p is None or 0 < self.child_tuning_p <= 1, "child_tuning_p must be in (0, 1]"),
+            (self.lora_plus_ratio is None or self.lora_plus_ratio > 0, "lora_plus_ratio must be > 0"),
+            (self.lora_plus_ratio is None or bool(self.peft), "lora_plus_ratio needs --peft (lora, rslora, dora or "
+                                                              "pissa): it sets the rate of LoRA's B matrices"),
         ]
         for ok, message in checks:
             if not ok:

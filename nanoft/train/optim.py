@@ -5,6 +5,9 @@ biases and LayerNorm weights get no decay; with layer-wise LR decay (LLRD, Howar
 Sun et al. 2019) the head trains at the top rate and each layer below at `decay` times the one
 above, embeddings lowest. Frozen parameters stay in their group but, having no gradient, get no
 optimizer state — so unfreezing later is just `requires_grad_(True)`.
+
+LoRA+ (Hayou et al., 2024) splits each group once more: every LoRA B matrix (`*.lora_B`: lora, rslora,
+dora, pissa) trains at `lora_plus_ratio` × its group's rate, A at the rate itself.
 """
 from __future__ import annotations
 
@@ -53,18 +56,31 @@ def layer_rates(lr: float, num_layers: int, layerwise_lr_decay: Optional[float] 
     return [lr * layerwise_lr_decay ** (top - d) for d in range(depths)]
 
 
+def is_lora_b(name: str) -> bool:
+    """A LoRA-family B matrix (the output side of the low-rank update), which LoRA+ trains faster."""
+    return name.endswith("lora_B")
+
+
 def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.01,
                  layerwise_lr_decay: Optional[float] = None,
-                 layer_lrs: Optional[Sequence[float]] = None) -> List[Dict]:
+                 layer_lrs: Optional[Sequence[float]] = None, lora_plus_ratio: Optional[float] = None) -> List[Dict]:
     num_layers = model.config.num_layers
     rates = layer_rates(lr, num_layers, layerwise_lr_decay, layer_lrs)
+    if lora_plus_ratio is not None:
+        if not lora_plus_ratio > 0:
+            raise ConfigError(f"lora_plus_ratio must be > 0, got {lora_plus_ratio}", fix="the paper uses 2–16")
+        if not any(is_lora_b(n) and p.requires_grad for n, p in model.named_parameters()):
+            raise ConfigError("--lora-plus-ratio sets the rate of LoRA's B matrices, but the model trains none",
+                              fix="use it with --peft lora, rslora, dora or pissa, or drop it")
     groups: Dict[tuple, Dict] = {}
     for name, p in model.named_parameters():
         depth = layer_depth(name, num_layers)
         decay = 0.0 if no_weight_decay(name, p) else weight_decay
-        key = (depth, decay)
+        plus = lora_plus_ratio is not None and is_lora_b(name)
+        key = (depth, decay, plus)
         if key not in groups:
-            groups[key] = {"params": [], "names": [], "lr": rates[depth], "weight_decay": decay, "depth": depth}
+            rate = rates[depth] * lora_plus_ratio if plus else rates[depth]
+            groups[key] = {"params": [], "names": [], "lr": rate, "weight_decay": decay, "depth": depth}
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     return [groups[k] for k in sorted(groups)]
