@@ -36,6 +36,9 @@ def describe_model(path: Optional[str]) -> str:
     if adapter_config.is_file():
         size = (adapter_config.parent / "adapter.safetensors").stat().st_size
         lines.append(f"adapter:    {adapter_config.parent} ({size / 1024:.1f} KiB)")
+    from nanoft.sparse import describe_sparsity
+
+    lines += describe_sparsity(model, directory if directory.is_dir() else directory.parent)
     return "\n".join(lines)
 
 

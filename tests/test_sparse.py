@@ -253,7 +253,7 @@ def sparse_config(tiny_config, name, **overrides):
     return tiny_config(**values)
 
 
-@pytest.mark.parametrize("method", ["rigl", "gradual"])
+@pytest.mark.parametrize("method", ["rigl", "gradual", "movement"])
 def test_resume_with_masks_is_bit_exact(tiny_config, method):
     full = Trainer(sparse_config(tiny_config, f"full-{method}", prune=method))
     full.fit()
@@ -321,6 +321,12 @@ def test_pruned_model_loads_in_transformers_with_the_same_logits(tiny_config, tm
     ({"rigl_fraction": 0.0}, r"rigl_fraction must be in \(0, 1\]"),
     ({"sparsity_distribution": "erdos"}, r"sparsity_distribution must be one of"),
     ({"peft": "lora"}, r"--prune cannot be combined with --peft lora"),
+    ({"prune": "movement", "sparsity": None}, r"--prune movement needs --sparsity"),
+    ({"prune": "keep"}, r"--prune keep takes the sparsity and the pruned tensors from the saved masks, not from "
+                        r"--sparsity \(leave --sparsity out\)"),
+    ({"prune": "keep", "sparsity": None, "sparsity_targets": ["query"], "sparsity_head": True},
+     r"not from --sparsity-targets, --sparsity-head"),
+    ({"prune": "gradual", "prune_masks": "runs/x"}, r"--prune-masks applies to --prune keep, not --prune gradual"),
 ])
 def test_bad_sparsity_settings_are_one_line_config_errors(tiny_config, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -359,3 +365,199 @@ def test_bench_csr_model_computes_what_the_dense_pruned_model_does():
     ids = torch.randint(5, 40, (3, 7))
     with torch.no_grad():
         torch.testing.assert_close(csr(ids), model(ids), rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------ movement pruning
+def test_movement_prunes_weights_moving_toward_zero_first_even_when_large():
+    layer = torch.nn.Linear(4, 1, bias=False)
+    model = torch.nn.Sequential()
+    model.add_module("proj", layer)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[2.0, 1.5, 0.3, -0.2]]))
+    # 25% at step 1, cubic to 50% at step 3: s(2) = 0.5 − 0.25 · (1/2)³ = 0.46875 → round(1.875) = 2 of 4
+    options = SparsityOptions(sparsity=0.5, sparsity_initial=0.25, prune_start=1, prune_end=3, prune_every=1)
+    pruner = sparse.build("movement", model, options)
+    pruner.setup()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    grad = torch.tensor([[1.0, 0.0, -1.0, 1.0]])  # w0 shrinks toward 0, w1 stays, w2 and w3 grow away from 0
+    masks = []
+    for step in (1, 2):
+        layer.weight.grad = grad.clone()
+        pruner.before_optimizer_step(step, 3, optimizer)
+        optimizer.step()
+        pruner.after_step(step, 3, optimizer)
+        masks.append(pruner.masks["proj.weight"].tolist())
+    # step 1: S = −w·g = [−2, 0, 0.3, 0.2]; w → [1.9, 1.5, 0.4, −0.3]; one pruned: the largest weight, w0
+    assert masks[0] == [[False, True, True, True]]
+    # step 2: w0 is 0 (no movement), S += [0, 0, 0.4, 0.3] → [−2, 0, 0.7, 0.5]; two pruned: w0 and w1
+    assert masks[1] == [[False, False, True, True]]
+    torch.testing.assert_close(pruner.scores["proj.weight"], torch.tensor([[-2.0, 0.0, 0.7, 0.5]]))
+    assert layer.weight[0, 0] == 0 and layer.weight[0, 1] == 0
+    # magnitude pruning at the same point would have kept exactly the two that movement pruned
+    magnitude = sparse.magnitude_masks({"w": torch.tensor([[1.9, 1.5, 0.5, -0.4]])}, 0.5, "uniform")
+    assert magnitude["w"].tolist() == [[True, True, False, False]]
+
+
+def test_movement_sparsity_at_each_step_equals_the_cubic_formula():
+    model = tiny_model()
+    pruner = sparse.build("movement", model, SparsityOptions(sparsity=0.8, sparsity_initial=0.1, prune_start=2,
+                                                              prune_end=10, prune_every=2))
+    pruner.setup()
+    expected = {1: 0.0, 2: 0.1, 3: 0.1, 4: 0.8 - 0.7 * 0.75 ** 3, 6: 0.8 - 0.7 * 0.5 ** 3, 8: 0.8 - 0.7 * 0.25 ** 3,
+                9: 0.8 - 0.7 * 0.25 ** 3, 10: 0.8, 12: 0.8}
+
+    def check(step, optimizer):
+        if step in expected:
+            for name, w in pruner.weights.items():
+                assert zeros(w) == round(expected[step] * w.numel()), (step, name)
+                assert torch.equal(w == 0, ~pruner.masks[name]), (step, name)
+
+    train_steps(model, pruner, 12, 12, record=check)
+
+
+# ------------------------------------------------------------------ continued sparse training from saved masks
+def test_continued_training_from_saved_masks_keeps_exactly_the_same_zeros(tiny_config):
+    first = Trainer(sparse_config(tiny_config, "masks-a", prune="magnitude", sparsity=0.75, max_steps=4))
+    first.fit()
+    best = first.run_dir.best
+    from nanoft.weights.safetensors_io import SafetensorsFile
+
+    f = SafetensorsFile(best / "masks.safetensors")
+    saved = {n: f.tensor(n).clone() for n in f.keys()}
+    start = dict(nanoft.load_model(best, head="classification", num_labels=2).named_parameters())
+    assert saved and all(torch.equal(start[n] == 0, ~m) for n, m in saved.items())  # the masks fit the zeros
+    # --prune keep with the exported model as --model: its masks.safetensors, no --sparsity
+    second = Trainer(sparse_config(tiny_config, "masks-b", prune="keep", sparsity=None, model=str(best)))
+    results = second.fit()
+    after = dict(second.model.named_parameters())
+    for name, mask in saved.items():
+        assert torch.equal(after[name] == 0, ~mask), name  # same zeros: none regrown, none added
+        assert torch.all(after[name][mask] != start[name][mask].detach()), name  # the kept weights trained
+    assert results["sparsity"]["pruned"]["sparsity"] == sum(round(0.75 * m.numel()) for m in saved.values()) / sum(
+        m.numel() for m in saved.values())
+
+
+def _masks_file(path, tensors):
+    from nanoft.weights.safetensors_io import save_file
+
+    save_file(tensors, path)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("value 2", r"mask 'encoder.layers.0.attention.query.weight' holds values other than 0 and 1"),
+    ("nan", r"holds values other than 0 and 1"),
+    ("shape", r"mask 'encoder.layers.0.attention.query.weight' has shape \[16, 8\], the model's tensor \[16, 16\]"),
+    ("name", r"masks for tensors this model does not have: encoder.layers.9.attention.query.weight"),
+    ("pickle", r"not a valid safetensors file|header is not valid JSON"),
+    ("empty dir", r"no masks.safetensors in this directory"),
+    ("missing", r"masks file or directory not found"),
+])
+def test_a_bad_masks_file_is_one_clear_line(tmp_path, case, message):
+    ok = torch.ones(16, 16, dtype=torch.uint8)
+    name = "encoder.layers.0.attention.query.weight"
+    path = tmp_path / "masks.safetensors"
+    if case == "value 2":
+        _masks_file(path, {name: ok * 2})
+    elif case == "nan":
+        _masks_file(path, {name: torch.full((16, 16), float("nan"))})
+    elif case == "shape":
+        _masks_file(path, {name: torch.ones(16, 8, dtype=torch.bool)})
+    elif case == "name":
+        _masks_file(path, {name: ok, "encoder.layers.9.attention.query.weight": ok})
+    elif case == "pickle":
+        torch.save({name: ok}, path)  # a pickle under the safetensors name is refused, never unpickled
+    elif case == "empty dir":
+        path = tmp_path
+    else:
+        path = tmp_path / "nowhere"
+    from nanoft.errors import NanoftError
+
+    with pytest.raises(NanoftError, match=message) as e:
+        sparse.build("keep", tiny_model(), SparsityOptions(prune_masks=str(path))).setup()
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_bad_masks_through_the_cli_exit_2_with_one_line(tiny_task, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from nanoft.cli import main
+
+    bad = _masks_file(tmp_path / "masks.safetensors", {"encoder.layers.0.attention.query.weight": torch.ones(3, 3)})
+    monkeypatch.setattr(sys, "argv", [
+        "nanoft", "train", "--train-file", str(tiny_task["data"] / "train.tsv"), "--text-column", "text",
+        "--label-column", "label", "--model", str(tiny_task["model"]), "--output", str(tmp_path / "run"),
+        "--prune", "keep", "--prune-masks", str(bad), "--quiet"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert str(bad) in err and "has shape [3, 3]" in err
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_pruning_a_model_with_peft_layers_merged_or_not_is_refused():
+    from nanoft import peft
+
+    model = tiny_model()
+    peft.apply(model, "lora", r=2, alpha=4, targets=["query", "value"])
+    with pytest.raises(ConfigError, match="cannot prune a model with PEFT layers in it, merged or not"):
+        sparse.build("magnitude", model, SparsityOptions(sparsity=0.5))
+    peft.merge(model)
+    with pytest.raises(ConfigError, match="cannot prune a model with PEFT layers in it, merged or not"):
+        sparse.build("magnitude", model, SparsityOptions(sparsity=0.5))
+    peft.merge_and_unload(model)  # a plain model again: pruning it is fine
+    sparse.build("magnitude", model, SparsityOptions(sparsity=0.5)).setup()
+
+
+# ------------------------------------------------------------------ nanoft info
+def test_info_counts_sparsity_three_ways_per_block_by_direct_count(tmp_path):
+    import re
+
+    from safetensors.torch import load_file
+
+    from nanoft.commands import describe_model
+    from nanoft.weights import save_model
+
+    model = tiny_model()
+    masks = {}
+    with torch.no_grad():
+        q = model.encoder.layers[0].attention.query.weight
+        q[:, :10] = 0  # 160 of 256 by hand, masked
+        masks["encoder.layers.0.attention.query.weight"] = q != 0
+        model.encoder.layers[1].ffn.output.weight[0] = 0  # 32 unmasked zeros in a linear weight
+        model.encoder.embeddings.word.weight[7] = 0       # 16 zeros in an embedding
+        model.encoder.layers[1].ffn_norm.weight[:5] = 0   # 5 in a LayerNorm (biases are zero from init)
+    save_model(model, tmp_path)
+    _masks_file(tmp_path / "masks.safetensors", masks)
+    text = describe_model(str(tmp_path))
+    # the reference: zeros counted straight from the saved file with the safetensors package, by HF key names
+    tensors = {k: v for k, v in load_file(tmp_path / "model.safetensors").items()
+               if not k.startswith(("classifier", "bert.pooler"))}  # `info` loads the encoder only
+
+    def count(keys):
+        keys = list(keys)
+        return sum(int((tensors[k] == 0).sum()) for k in keys), sum(tensors[k].numel() for k in keys)
+
+    def total(label):
+        found = re.search(rf"^  {label} +([\d.]+)%  \(([\d,]+) zeros of ([\d,]+)\)", text, re.M)
+        return float(found.group(1)), int(found.group(2).replace(",", "")), int(found.group(3).replace(",", ""))
+
+    def block(label):
+        return re.search(rf"^  {label} +(\S+) +(\S+) +(\S+)$", text, re.M).groups()
+
+    pct = lambda z, n: f"{z / n:.2%}"  # noqa: E731
+    linear = [k for k in tensors if ".encoder.layer." in k and k.endswith(".weight") and tensors[k].ndim == 2]
+    assert len(linear) == 12
+    z, n = count(linear)
+    assert z == 160 + 32 and total("encoder linears") == (round(100 * z / n, 2), z, n)
+    z, n = count(tensors)
+    biases = sum(t.numel() for k, t in tensors.items() if k.endswith(".bias"))  # all zero from init
+    assert z == 192 + 16 + 16 + 5 + biases  # linears, row 7 and the padding row 0 of the word embeddings, norm
+    assert total("all parameters") == (round(100 * z / n, 2), z, n)
+    assert total("pruned tensors") == (62.5, 160, 256) and "(1 tensors)" in text
+    for i in (0, 1):
+        lz, ln = count(k for k in linear if f".layer.{i}." in k)
+        az, an = count(k for k in tensors if f".layer.{i}." in k)
+        assert block(f"layer {i}") == (pct(lz, ln), pct(az, an), "62.50%" if i == 0 else "-")
+    assert block("embeddings") == ("-", pct(*count(k for k in tensors if ".embeddings." in k)), "-")

@@ -51,6 +51,10 @@ class SparsityOptions:
     prune_every: int = field(default=100, metadata={"help": "Gradual / RigL: steps between pruning or mask updates."})
     rigl_fraction: float = field(default=0.3, metadata={"help": "RigL: fraction α of each layer's non-zeros "
                                  "dropped and regrown at the first update, cosine-decayed to 0 at --prune-end."})
+    prune_masks: Optional[str] = field(default=None, metadata={
+        "help": "--prune keep: the saved masks to train on with (a pruned run or model directory, or its "
+                "masks.safetensors); applied from step 0, never regrown.", "metavar": "PATH",
+        "unset": "the --model directory"})
 
     @classmethod
     def from_config(cls, config: Any) -> "SparsityOptions":
@@ -147,12 +151,16 @@ def magnitude_masks(weights: Dict[str, torch.Tensor], sparsity: float, distribut
     """Masks that zero the smallest-magnitude `sparsity` of the weights: per matrix (uniform, erk) or under
     one threshold (global). Counts are exact: round(s · n) zeros per matrix, or over all for global.
     Weights already masked out (`masks` False) are pruned first, so masks only ever shrink."""
-    scores = {}
-    for name, w in weights.items():
-        s = w.detach().abs().float()
-        if masks is not None:
-            s = torch.where(masks[name], s, torch.full_like(s, -1.0))
-        scores[name] = s
+    return score_masks({n: w.detach().abs().float() for n, w in weights.items()}, sparsity, distribution, masks)
+
+
+def score_masks(scores: Dict[str, torch.Tensor], sparsity: float, distribution: str,
+                masks: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+    """Masks that keep the highest `scores` (|w| for magnitude, movement for movement pruning) and zero the
+    lowest `sparsity` of them, per matrix (uniform, erk) or over all (global); entries already masked out
+    (`masks` False) are pruned first whatever their score, so masks only ever shrink."""
+    if masks is not None:
+        scores = {n: torch.where(masks[n], s, torch.full_like(s, float("-inf"))) for n, s in scores.items()}
     if distribution == "global":
         flat = torch.cat([s.reshape(-1) for s in scores.values()])
         keep = keep_largest(flat, flat.numel() - int(round(sparsity * flat.numel())))
@@ -162,9 +170,9 @@ def magnitude_masks(weights: Dict[str, torch.Tensor], sparsity: float, distribut
             offset += s.numel()
         return out
     if distribution == "erk":
-        densities = erk_densities({n: w.shape for n, w in weights.items()}, 1.0 - sparsity)
+        densities = erk_densities({n: s.shape for n, s in scores.items()}, 1.0 - sparsity)
     else:
-        densities = {n: 1.0 - sparsity for n in weights}
+        densities = {n: 1.0 - sparsity for n in scores}
     return {n: keep_largest(s, s.numel() - int(round((1.0 - densities[n]) * s.numel()))) for n, s in scores.items()}
 
 
@@ -174,6 +182,11 @@ class Pruner:
     and how the masks change; the base keeps them applied."""
 
     name = ""
+
+    @classmethod
+    def choose_weights(cls, model: nn.Module, options: SparsityOptions) -> Dict[str, nn.Parameter]:
+        """The weights this method masks (by default the target patterns: `select_weights`)."""
+        return select_weights(model, options)
 
     def __init__(self, weights: Dict[str, nn.Parameter], options: SparsityOptions) -> None:
         self.weights = weights

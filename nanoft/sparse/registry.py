@@ -12,8 +12,10 @@ from typing import Dict, List, Optional
 from torch import nn
 
 from nanoft.errors import ConfigError
-from nanoft.sparse.base import Pruner, SparsityOptions, select_weights
+from nanoft.sparse.base import Pruner, SparsityOptions
+from nanoft.sparse.keep import SavedMasks
 from nanoft.sparse.magnitude import GradualMagnitude, OneShotMagnitude
+from nanoft.sparse.movement import MovementPruning
 from nanoft.sparse.nm import NMSparsity
 from nanoft.sparse.rigl import RigL
 
@@ -67,7 +69,7 @@ def get(method: str) -> type:
 
 def check(method: str, options: SparsityOptions) -> None:
     """Everything about `method` and `options` that can be checked without a model."""
-    get(method)
+    cls = get(method)
     options.check()
     nm = parse_nm(method)
     if nm is not None:
@@ -75,19 +77,35 @@ def check(method: str, options: SparsityOptions) -> None:
         if options.sparsity is not None and abs(options.sparsity - implied) > 1e-9:
             raise ConfigError(f"--prune {method.strip()} means sparsity {implied:g}, but --sparsity is "
                               f"{options.sparsity:g}", fix="leave --sparsity out with N:M")
+    elif getattr(cls, "from_masks", False):
+        chosen = [flag for flag, on in (("--sparsity", options.sparsity is not None),
+                                        ("--sparsity-targets", bool(options.sparsity_targets)),
+                                        ("--sparsity-embeddings", options.sparsity_embeddings),
+                                        ("--sparsity-head", options.sparsity_head)) if on]
+        if chosen:
+            raise ConfigError(f"--prune {method} takes the sparsity and the pruned tensors from the saved masks, "
+                              f"not from {', '.join(chosen)}", fix=f"leave {', '.join(chosen)} out")
     elif options.sparsity is None:
         raise ConfigError(f"--prune {method} needs --sparsity", fix="e.g. --sparsity 0.8")
+    if options.prune_masks is not None and not getattr(cls, "from_masks", False):
+        raise ConfigError(f"--prune-masks applies to --prune keep, not --prune {method.strip()}",
+                          fix="continue from saved masks with --prune keep --prune-masks DIR")
 
 
 def build(method: str, model: nn.Module, options: SparsityOptions) -> Pruner:
     """A pruner of `method` on `model`'s chosen weights (masks not yet set: call `setup()`)."""
     check(method, options)
-    weights = select_weights(model, options)
+    if any(getattr(m, "is_peft_layer", False) for m in model.modules()):
+        raise ConfigError("cannot prune a model with PEFT layers in it, merged or not",
+                          fix="prune with full fine-tuning, or after peft.merge_and_unload (an adapter merged into "
+                              "pruned weights fills the zeros back in)")
+    cls = get(method)
+    weights = cls.choose_weights(model, options)
     nm = parse_nm(method)
     if nm is not None:
         return NMSparsity(weights, options, *nm)
-    return get(method)(weights, options)
+    return cls(weights, options)
 
 
-for _cls in (OneShotMagnitude, GradualMagnitude, RigL, NMSparsity):
+for _cls in (OneShotMagnitude, GradualMagnitude, MovementPruning, RigL, NMSparsity, SavedMasks):
     register(_cls.name, _cls)

@@ -61,9 +61,13 @@ class Checkpointer:
         self.label_names = label_names
 
     # ------------------------------------------------------------------ export
-    def export(self, model: nn.Module, directory: Path) -> None:
-        """A loadable model: HF layout (plain), or the adapter file plus a merged HF-layout copy (PEFT)."""
+    def export(self, model: nn.Module, directory: Path,
+               files: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> None:
+        """A loadable model: HF layout (plain), or the adapter file plus a merged HF-layout copy (PEFT); `files`
+        ({name: tensors}, e.g. the sparsity masks) are saved beside it in the same atomic replace."""
         with _staging(directory) as tmp:
+            for name, tensors in (files or {}).items():
+                save_file(tensors, tmp / name)
             if has_peft(model):
                 from nanoft import peft
 

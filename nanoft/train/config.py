@@ -206,7 +206,8 @@ class TrainConfig:
                                                         "p (rescaled by 1/p) at every step, e.g. 0.3.")
     # ---- sparsity (nanoft.sparse, through the technique nanoft.train.techniques.sparsity)
     prune: Optional[str] = _sparsity(None, "Prune the encoder: magnitude (one-shot, before training), gradual "
-                                           "(cubic schedule), rigl (sparse training), or N:M such as 2:4.",
+                                           "(cubic schedule), movement (same schedule, by movement), rigl (sparse "
+                                           "training), N:M such as 2:4, or keep (a pruned run's saved masks).",
                                      metavar="METHOD")
     sparsity: Optional[float] = _pruning("sparsity")
     sparsity_initial: float = _pruning("sparsity_initial")
@@ -218,6 +219,7 @@ class TrainConfig:
     prune_end: float = _pruning("prune_end")
     prune_every: int = _pruning("prune_every")
     rigl_fraction: float = _pruning("rigl_fraction")
+    prune_masks: Optional[str] = _pruning("prune_masks")
     # ---- evaluation
     eval_every: Optional[int] = _evaluation(None, "Evaluate every N steps.", unset="at the end of each epoch")
     eval_batch_size: int = _evaluation(128, "Batch size for evaluation.")

@@ -368,7 +368,8 @@ class Trainer:
 
     def export(self, directory: Path) -> None:
         """A loadable model in `directory` (HF layout; under PEFT the adapter plus a merged copy)."""
-        self.checkpointer.export(self.model, directory)
+        self.checkpointer.export(self.model, directory,
+                                 {k: v for t in self.techniques for k, v in t.export_files(self.model).items()})
 
     def save_checkpoint(self) -> None:
         """Model, optimizer, schedule, scaler, RNG, sampler, techniques and counters — atomically."""

@@ -62,6 +62,10 @@ class Technique:
         """At the end of training; may return extra results (e.g. the SWA model's metrics)."""
         return None
 
+    def export_files(self, model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
+        """{file name: tensors} to save beside `model` when it is exported (sparsity: its masks)."""
+        return {}
+
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed for exact resume: numbers, strings, lists, dicts and tensors (no objects)."""
         return {}

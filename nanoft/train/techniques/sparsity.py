@@ -1,21 +1,28 @@
 """Sparse fine-tuning: `prune = METHOD` keeps masks on the encoder's weights through training.
 
-The pruning methods live in `nanoft.sparse` (magnitude one-shot, gradual magnitude, RigL, N:M); this
+The pruning methods live in `nanoft.sparse` (magnitude one-shot, gradual magnitude, movement, RigL, N:M,
+saved masks); this
 technique only calls their hooks: the masks are set on the loaded model in `setup` (one-shot methods
 prune there), applied to the gradients after clipping and before the optimizer step (RigL moves them
 there, using the dense gradient), and applied to the weights after every step (gradual pruning
 raises the sparsity there). Masks are part of the technique state, so a resumed run is bit-exact;
 `finish` writes them to RUN/masks.safetensors and adds the sparsity, counted three ways, to results.
+Every exported model (RUN/best/ …) gets its masks.safetensors beside it, so `--prune keep --model
+RUN/best` continues sparse training from it; `--prune keep` reads the --model directory's masks
+unless --prune-masks names others.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, Optional
+
+import torch
 
 from nanoft import sparse
 from nanoft.errors import ConfigError
 from nanoft.train.techniques.base import Technique, TrainerView
 
-MASKS_FILE = "masks.safetensors"
+MASKS_FILE = sparse.MASKS_FILE
 
 
 class Sparsity(Technique):
@@ -30,6 +37,8 @@ class Sparsity(Technique):
         if trainer.config.peft:
             raise ConfigError(f"--prune cannot be combined with --peft {trainer.config.peft}",
                               fix="prune with full fine-tuning (merging an adapter would fill the zeros back in)")
+        if getattr(sparse.get(self.method), "from_masks", False) and self.options.prune_masks is None:
+            self.options = replace(self.options, prune_masks=str(trainer.config.model))
         self.pruner = sparse.build(self.method, trainer.model, self.options)
         self.pruner.setup()
 
@@ -38,6 +47,15 @@ class Sparsity(Technique):
 
     def after_step(self, trainer: TrainerView) -> None:
         self.pruner.after_step(trainer.step, trainer.total_steps, trainer.optimizer)
+
+    def export_files(self, model: torch.nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
+        """masks.safetensors for a model being exported, if its weights hold the masks' zeros (an SWA average
+        of weights pruned along the way may not: then no masks are written beside it)."""
+        params = dict(model.named_parameters())
+        if self.pruner is None or any(name not in params or bool(params[name].detach()[~mask.to(params[name].device)]
+                                                                  .any()) for name, mask in self.pruner.masks.items()):
+            return {}
+        return {MASKS_FILE: {n: m.to("cpu") for n, m in self.pruner.masks.items()}}
 
     def finish(self, trainer: TrainerView) -> Dict[str, Any]:
         if trainer.dist.is_main:
