@@ -6,6 +6,8 @@
     peft.save_adapter(model, "out/")        # adapter.safetensors + adapter_config.json
     peft.load_adapter(base_model, "out/")   # same method re-applied, tensors loaded
     peft.merge_and_unload(model)            # plain model again: nanoft.save_model writes a normal checkpoint
+    m = peft.load_adapters(base, {"sst2": "a/", "news": "b/"})  # many adapters, one base (nanoft/peft/multi.py)
+    m(ids, attention_mask=mask, adapter_names=["sst2", "news"])  # each row its own adapter and head
 
 Methods are registered by name beside their code (`peft.register`, see nanoft/peft/registry.py);
 importing this package registers the built-in ones.
@@ -24,6 +26,7 @@ from nanoft.peft.inject import (AdapterConfig, active_adapter, adapter_parameter
 from nanoft.peft.io import (CONFIG_NAME, WEIGHTS_NAME, adapter_nbytes, base_fingerprint, load_adapter,
                             read_adapter_config, save_adapter)
 from nanoft.peft.layers import HeadSwitch, PeftLayer
+from nanoft.peft.multi import MultiAdapterModel, load_adapters
 from nanoft.peft.targets import named_layers, select
 
 __all__ = ["apply", "add_adapter", "set_adapter", "delete_adapter", "merge", "unmerge", "merge_and_unload", "unload",
@@ -33,4 +36,4 @@ __all__ = ["apply", "add_adapter", "set_adapter", "delete_adapter", "merge", "un
            "options_of", "AdapterConfig", "PeftLayer", "HeadSwitch", "LoraAdapter", "LoraLinear", "LoraOptions",
            "PissaAdapter", "PissaOptions", "VeraAdapter", "VeraOptions", "IA3Adapter", "IA3Options",
            "BottleneckAdapter", "BottleneckOptions", "BitFitOptions", "named_layers", "select",
-           "WEIGHTS_NAME", "CONFIG_NAME"]
+           "WEIGHTS_NAME", "CONFIG_NAME", "MultiAdapterModel", "load_adapters"]

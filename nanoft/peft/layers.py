@@ -22,6 +22,7 @@ class PeftLayer(nn.Module):
     """`base` (nn.Linear or nn.Embedding) plus named adapters; the active one is applied."""
 
     is_peft_layer = True
+    route = None  # set by nanoft.peft.multi for one mixed-adapter forward: routes each row to its adapter
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
@@ -70,6 +71,8 @@ class PeftLayer(nn.Module):
         self.merged = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.route is not None:
+            return self.route(self, x)
         if self.active is None or self.merged is not None:
             return self.base(x)
         return self.adapters[self.active](x, self.base)
