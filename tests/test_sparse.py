@@ -561,3 +561,27 @@ def test_info_counts_sparsity_three_ways_per_block_by_direct_count(tmp_path):
         az, an = count(k for k in tensors if f".layer.{i}." in k)
         assert block(f"layer {i}") == (pct(lz, ln), pct(az, an), "62.50%" if i == 0 else "-")
     assert block("embeddings") == ("-", pct(*count(k for k in tensors if ".embeddings." in k)), "-")
+
+
+# ------------------------------------------------------------------ the prepared experiment
+def test_sparse_sst2_experiment_plans_valid_runs_with_the_dense_teacher_first():
+    from pathlib import Path
+
+    from nanoft.experiment import plan
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "sparse-sst2.toml"
+    _, runs = plan(str(path))
+    names = ["dense"] + [f"{m}80{kd}" for m in ("magnitude", "gradual", "movement", "rigl") for kd in ("", "_kd")]
+    assert [r["name"] for r in runs] == [f"sst2/{n}" for n in names + ["rigl80_kd_onecycle"] for _ in (1, 2, 3)]
+    teacher = next(r for r in runs if r["name"] == "sst2/dense" and r["seed"] == 1)
+    for i, r in enumerate(runs):
+        c = r["config"].validate()
+        assert c.task == "sst2" and c.train_subset == 4000 and c.seed == r["seed"]
+        if r["name"] == "sst2/dense":
+            assert c.prune is None and c.distill_from is None
+            continue
+        assert c.sparsity == 0.8 and c.prune == r["name"].split("/")[1].split("80")[0] and not c.sparsity_targets
+        if c.distill_from is not None:  # the teacher is the dense seed-1 run, planned (and so run) before this one
+            assert Path(c.distill_from) == teacher["output"] and runs.index(teacher) < i
+    assert sum(r["config"].distill_from is not None for r in runs) == 5 * 3
+    assert {r["config"].schedule for r in runs} == {"linear", "one-cycle"}
