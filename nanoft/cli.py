@@ -351,12 +351,24 @@ def eval_command(run_or_model: str, task: Optional[str], split: Optional[str], d
 @click.option("--no-header", is_flag=True, help="The input has no header row (columns are integers).")
 @click.option("--batch-size", default=128, show_default=True, help="Batch size.")
 @click.option("--max-length", default=None, type=int, help="Max tokens. [default: the run's]")
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
+              help="RUN_OR_MODEL is then the base checkpoint: load onto it the adapter (with its head and labels) of a "
+                   "`train --peft` run DIR; repeatable: each row goes through the adapter its --adapter-column names.")
+@click.option("--adapter-column", help="With several --adapter: the input column naming each row's adapter.")
 def predict(run_or_model: str, input_file: str, output_file: Optional[str], text_columns: tuple, no_header: bool,
-            batch_size: int, max_length: Optional[int]) -> None:
-    """Predict labels (with names and probabilities) for every row of a file; the output keeps the texts."""
-    from nanoft.commands import predict_file
+            batch_size: int, max_length: Optional[int], adapters: tuple, adapter_column: Optional[str]) -> None:
+    """Predict labels (with names and probabilities) for every row of a file; the output keeps the texts.
+    With --adapter: many adapters on one base, each row with its own adapter, head and labels."""
+    from nanoft.commands import predict_adapters_file, predict_file
 
-    text = predict_file(run_or_model, input_file, output_file, list(text_columns), no_header, batch_size, max_length)
+    if adapters:
+        text = predict_adapters_file(run_or_model, list(adapters), adapter_column, input_file, output_file,
+                                     list(text_columns), no_header, batch_size, max_length)
+    elif adapter_column:
+        raise ConfigError("--adapter-column needs --adapter NAME=DIR", fix="load the adapters it names")
+    else:
+        text = predict_file(run_or_model, input_file, output_file, list(text_columns), no_header, batch_size,
+                            max_length)
     if text:
         click.echo(text, nl=False)
 

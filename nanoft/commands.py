@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from nanoft.errors import ConfigError, DataError
+from nanoft.errors import ConfigError, DataError, NanoftError
 
 
 def describe_model(path: Optional[str]) -> str:
@@ -261,13 +261,21 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     for name, values in zip(_output_names(table, columns, list(records[0]) if records else []), inputs):
         for rec, value in zip(records, values):
             rec[name] = value
+    return _write_records(records, output_file)
+
+
+def _write_records(records: List[Dict[str, Any]], output_file: Optional[str],
+                   fields: Optional[List[str]] = None) -> str:
+    """Predictions as JSONL, CSV or TSV (by the output's extension; stdout: TSV). Table columns: `fields`, else the
+    first record's keys; empty where a record lacks one. A JSONL record keeps only its own keys."""
     fmt = "tsv" if output_file is None else Path(output_file).suffix.lstrip(".").lower()
     if fmt == "jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     else:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(records[0].keys()) if records else ["index"],
-                                delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+        fields = fields or (list(records[0]) if records else ["index"])
+        writer = csv.DictWriter(buf, fieldnames=fields, delimiter="," if fmt == "csv" else "\t", lineterminator="\n",
+                                restval="")
         writer.writeheader()
         writer.writerows(records)
         text = buf.getvalue()
@@ -275,5 +283,159 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
         from nanoft.io import atomic_write_text
 
         atomic_write_text(output_file, text)
-        return f"wrote {n} predictions to {output_file}\n"
+        return f"wrote {len(records)} predictions to {output_file}\n"
     return text
+
+
+# ------------------------------------------------------------------------------ many adapters, one base
+def _adapter_specs(specs: List[str]) -> Dict[str, str]:
+    """{name: directory} from `--adapter NAME=DIR` values."""
+    out: Dict[str, str] = {}
+    for spec in specs:
+        name, sep, directory = spec.partition("=")
+        if not sep or not name.strip() or not directory.strip():
+            raise ConfigError(f"--adapter {spec!r} is not NAME=DIR", fix="e.g. --adapter sst2=runs/sst2")
+        if name.strip() in out:
+            raise ConfigError(f"--adapter {name.strip()!r} is given twice", fix="give each adapter its own name")
+        out[name.strip()] = directory.strip()
+    return out
+
+
+def _adapter_source(directory: str) -> Tuple[Path, Optional[Path]]:
+    """(adapter folder, its run directory or None) for a run, a run's model folder (RUN/best) or an adapter folder."""
+    from nanoft.peft import CONFIG_NAME
+    from nanoft.train.rundir import RunDir
+
+    path = Path(directory)
+    for candidate, run in ((path / "best" / "adapter", path), (path / "adapter", path.parent), (path, path.parent.parent)):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate, run if RunDir(run).is_run() else None
+    raise ConfigError("no adapter found (a run trained with --peft, its best/ folder, or a folder with "
+                      f"{CONFIG_NAME})", path=str(path), fix="pass --adapter NAME=RUN_DIR of a `nanoft train --peft` run")
+
+
+def _adapter_labels(adapter_dir: Path, run: Optional[Path]) -> Optional[List[str]]:
+    """The adapter's label names: its run's task.json, else the merged model's config.json beside it."""
+    from nanoft.train.rundir import RunDir
+
+    info = RunDir(run).read_task() if run is not None else None
+    if info and info.get("label_names"):
+        return list(info["label_names"])
+    config_file = adapter_dir.parent / "config.json"
+    if config_file.is_file():
+        id2label = json.loads(config_file.read_text(encoding="utf-8")).get("id2label") or {}
+        if id2label:
+            return [id2label[str(j)] for j in range(len(id2label))]
+    return None
+
+
+def predict_adapters_file(base: str, adapters: List[str], adapter_column: Optional[str], input_file: str,
+                          output_file: Optional[str], text_columns: List[str], no_header: bool, batch_size: int,
+                          max_length: Optional[int]) -> str:
+    """`predict_file` with several adapters on one base: each row goes through the adapter its `adapter_column`
+    names (with that adapter's head, labels, text columns and max length), all in mixed batches. Records as
+    `predict_file`'s plus an `adapter` column; a table's p_<label> columns are the union, empty for other
+    adapters' labels."""
+    from nanoft.data import EvalBatchSampler, collate, encode
+    from nanoft.peft.multi import MultiAdapterModel
+    from nanoft.tasks import Examples, Task
+    from nanoft.tasks.files import Table
+    from nanoft.train.rundir import RunDir
+    from nanoft.weights import Truncation, load_model, load_tokenizer
+
+    specs = _adapter_specs(adapters)
+    base_path = Path(base)
+    if RunDir(base_path).is_run() or (base_path / "adapter").is_dir():
+        raise ConfigError("the base is a fine-tuned run or model, whose weights have an adapter merged in",
+                          path=str(base_path), fix="pass the base checkpoint the adapters were trained from")
+    table = _read_input(input_file, no_header)
+    if adapter_column is None:
+        if len(specs) > 1:
+            raise ConfigError(f"{len(specs)} adapters: which column names each row's adapter?",
+                              fix="pass --adapter-column COLUMN")
+        row_names = [next(iter(specs))] * len(table.rows)
+    else:
+        if table.header is not None and adapter_column not in table.header:
+            raise DataError(f"no adapter column {adapter_column!r}; columns found: "
+                            f"{', '.join(repr(c) for c in table.header)}", path=table.path, line=table.header_line,
+                            fix="pass --adapter-column with the column that names each row's adapter")
+        row_names = [v.strip() for v in table.column(adapter_column)]  # --no-header: a 0-based position
+        for i, name in enumerate(row_names):
+            if name not in specs:
+                raise DataError(f"adapter {name!r} (column {adapter_column!r}) was not loaded; loaded: "
+                                f"{', '.join(specs)}", path=table.path, line=int(table.lines[i]),
+                                fix=f"add --adapter {name or 'NAME'}=DIR")
+        if table.header is not None:  # the adapter column is not a text column
+            keep = [k for k, c in enumerate(table.header) if c != adapter_column]
+            table = Table(table.path, table.format, [table.header[k] for k in keep],
+                          [[row[k] for k in keep] for row in table.rows], table.lines, table.sha256, table.header_line)
+
+    model = MultiAdapterModel(load_model(base, head=None))
+    sources = {name: _adapter_source(directory) for name, directory in specs.items()}
+    try:
+        tokenizer = load_tokenizer(base_path)
+    except NanoftError:  # a base without tokenizer files: the one saved with the first adapter's run
+        tokenizer = load_tokenizer(next(iter(sources.values()))[0].parent)
+    labels: Dict[str, Optional[List[str]]] = {}
+    datasets: Dict[str, Any] = {}
+    columns_of: Dict[str, List[Any]] = {}
+    for name, (adapter_dir, run) in sources.items():  # every adapter given is loaded and checked, used or not
+        labels[name] = _adapter_labels(adapter_dir, run)
+        model.load_adapter(name, adapter_dir, labels[name])
+        run_config = RunDir(run).read_config() if run is not None else {}
+        info = RunDir(run).read_task() if run is not None else None
+        task = Task.from_dict(info["task"]) if info and isinstance(info.get("task"), dict) else None
+        rows = [i for i, n in enumerate(row_names) if n == name]
+        if not rows:
+            continue
+        columns_of[name] = _predict_columns(table, list(text_columns), task)
+        texts = table.column(columns_of[name][0])
+        pairs = table.column(columns_of[name][1]) if len(columns_of[name]) > 1 else None
+        examples = Examples(texts=[texts[i] for i in rows], text_pairs=[pairs[i] for i in rows] if pairs is not None else None,
+                            labels=None, lines=np.asarray(table.lines, dtype=np.int64)[rows],
+                            source=str(input_file), fingerprint="")
+        datasets[name] = (rows, encode(examples, tokenizer, max_length or run_config.get("max_length") or 128,
+                                       use_cache=False, truncation=Truncation.from_config(run_config)))
+
+    n = len(row_names)
+    local = np.zeros(n, dtype=np.int64)  # each row's position in its adapter's dataset
+    lengths = np.zeros(n, dtype=np.int64)
+    for name, (rows, data) in datasets.items():
+        local[rows] = np.arange(len(rows))
+        lengths[rows] = data.lengths
+    results: List[Optional[torch.Tensor]] = [None] * n
+    model.eval()
+    with torch.no_grad():
+        for batch in EvalBatchSampler(lengths, batch_size):
+            parts = {name: [i for i in batch if row_names[i] == name] for name in dict.fromkeys(row_names[i] for i in batch)}
+            order = [i for ix in parts.values() for i in ix]
+            tensors = [collate(datasets[name][1], local[ix], tokenizer.pad_token_id) for name, ix in parts.items()]
+            width = max(t["input_ids"].shape[1] for t in tensors)
+            stacked = {key: torch.cat([torch.nn.functional.pad(t[key], (0, width - t[key].shape[1]),
+                                                               value=tokenizer.pad_token_id if key == "input_ids"
+                                                               else 0) for t in tensors])
+                       for key in ("input_ids", "attention_mask", "token_type_ids")}
+            logits = model(stacked["input_ids"], attention_mask=stacked["attention_mask"],
+                           token_type_ids=stacked["token_type_ids"], adapter_names=[row_names[i] for i in order])
+            for i, row in zip(order, model.row_logits(logits, [row_names[i] for i in order])):
+                results[i] = row
+
+    records = []
+    for i, (name, row) in enumerate(zip(row_names, results)):
+        rec: Dict[str, Any] = {"index": i, "adapter": name}
+        if model.head_kinds[name] == "regression":
+            rec["prediction"] = float(row[0])
+        else:
+            probs = torch.softmax(row, dim=-1)
+            names = labels[name] or [str(j) for j in range(len(probs))]
+            j = int(probs.argmax())
+            rec.update({"label": names[j], "label_id": j})
+            rec.update({f"p_{label}": round(float(probs[k]), 6) for k, label in enumerate(names)})
+        records.append(rec)
+    predicted = list(dict.fromkeys(k for r in records for k in r))  # the union, in first-seen order
+    used_columns = list(dict.fromkeys(c for name in datasets for c in columns_of[name]))
+    texts = _output_names(table, used_columns, predicted)
+    for out_name, c in zip(texts, used_columns):
+        for rec, value in zip(records, table.column(c)):
+            rec[out_name] = value
+    return _write_records(records, output_file, predicted + texts)
