@@ -2,7 +2,8 @@
 
 Magnitude pruning keeps the weights that are large; in fine-tuning, what matters is where a weight
 is going. Movement pruning keeps the weights moving away from zero. Each weight carries a score that
-accumulates, at every optimizer step t (before the step, from the gradient the optimizer will use),
+accumulates, at every optimizer step t up to --prune-end (before the step, from the gradient the
+optimizer will use),
 
     S ← S − W_t ⊙ ∂L/∂W_t          (first-order movement: > 0 when the update pushes |W| up)
 
@@ -22,7 +23,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from nanoft.errors import CheckpointError
-from nanoft.sparse.base import score_masks
+from nanoft.sparse.base import score_masks, window
 from nanoft.sparse.magnitude import GradualMagnitude
 
 
@@ -37,6 +38,8 @@ class MovementPruning(GradualMagnitude):
 
     def update_masks(self, step: int, total_steps: int, grads: bool) -> Optional[Dict[str, torch.Tensor]]:
         if grads:
+            if step > window(self.options, total_steps)[1]:  # the masks are final: scores no longer matter
+                return None
             with torch.no_grad():
                 for name, w in self.weights.items():
                     if w.grad is not None:  # a frozen layer (gradual unfreezing) does not move

@@ -7,7 +7,8 @@
     distill_from = dir       soft targets from a teacher (distill)                Hinton et al. 2015
     swa_start, swa_every     weight averaging (swa)                               Izmailov et al. 2018
     child_tuning_p = p       update a random child network (childtune)            Xu et al. 2021
-    prune = method           masks: magnitude, gradual, RigL, N:M (sparsity)      Zhu & Gupta 2017, Evci et al. 2020
+    prune = method           masks: magnitude, gradual, movement, RigL, N:M,      Zhu & Gupta 2017, Evci et al. 2020,
+                             or saved ones (sparsity)                             Sanh et al. 2020
 
 LR schemes (fixed, per-layer rates, LLRD, Nesterov SGD, cyclic / one-cycle) are not hooks: they live
 in `optim.py` and `schedules.py`. All of these compose with each other and with PEFT: each hook sees
