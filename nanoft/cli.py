@@ -1,4 +1,4 @@
-"""The `nanoft` command: info, train, pretrain, eval, predict, run, report, bench, plot.
+"""The `nanoft` command: info, train, pretrain, eval, predict, run, report, glue, bench, plot.
 
 Each command is a thin wrapper over a plain function; user errors (`NanoftError`) print one
 line and exit 2, never a traceback.
@@ -17,6 +17,7 @@ import click
 from click.core import ParameterSource
 
 from nanoft.errors import ConfigError, NanoftError
+from nanoft.glue import RECIPE as GLUE_RECIPE
 
 if typing.TYPE_CHECKING:
     from nanoft.train.config import TrainConfig
@@ -321,9 +322,11 @@ def pretrain(ctx: click.Context, **kwargs: Any) -> None:
 @click.option("--mask-rate", default=0.15, show_default=True, help="With --objective mlm: fraction of tokens masked.")
 @click.option("--eval-mask-seed", default=0, show_default=True, help="With --objective mlm: seed of the fixed mask.")
 @click.option("--whole-word-mask", is_flag=True, help="With --objective mlm: mask whole words (as the run did).")
+@click.option("--document-mask", is_flag=True, help="With --objective mlm: attend within documents (as a "
+                                                    "--document-mask run did).")
 def eval_command(run_or_model: str, task: Optional[str], split: Optional[str], data_dir: Optional[str],
                  batch_size: int, max_length: Optional[int], objective: str, text_file: Optional[str],
-                 mask_rate: float, eval_mask_seed: int, whole_word_mask: bool) -> None:
+                 mask_rate: float, eval_mask_seed: int, whole_word_mask: bool, document_mask: bool) -> None:
     """Evaluate a run (its best model) or a model directory on a task split, or its perplexity on a text file."""
     from nanoft.commands import evaluate_path
 
@@ -333,7 +336,7 @@ def eval_command(run_or_model: str, task: Optional[str], split: Optional[str], d
         if not text_file:
             raise ConfigError("--objective mlm needs --text-file", fix="pass --text-file FILE")
         m = evaluate_text(run_or_model, text_file, max_length or 128, batch_size, mask_rate, eval_mask_seed,
-                          whole_word_mask)
+                          whole_word_mask, document_mask=document_mask)
         click.echo(f"masked-LM {text_file} ({m['tokens']} predicted tokens): loss {m['loss']:.4f} "
                    f"perplexity {m['perplexity']:.2f}")
         return
@@ -411,6 +414,60 @@ def report(runs_dir: str, fmt: str, by_task: bool, output_file: Optional[str]) -
 
         atomic_write_text(output_file, text + "\n")
     click.echo(text)
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True, type=click.Path(),
+              help="Model directory or run directory; repeat for one row per model. [default: the installed MiniLM]")
+@click.option("--data-dir", type=click.Path(), help="Folder holding the GLUE tasks. [default: $NANOFT_DATA_DIR]")
+@click.option("--seeds", default="1,2,3", show_default=True, help="Seeds, comma-separated (each task x seed is a run).")
+@click.option("--lr", type=float, help=f"Learning rate. [default: {GLUE_RECIPE['lr']:g}, run_glue's]")
+@click.option("--batch-size", type=int, help=f"Batch size. [default: {GLUE_RECIPE['batch_size']}]")
+@click.option("--epochs", type=float, help=f"Epochs. [default: {GLUE_RECIPE['epochs']:g}]")
+@click.option("--max-length", type=int, help=f"Max tokens. [default: {GLUE_RECIPE['max_length']}]")
+@click.option("--train-subset", type=int, help="Train on a seeded random subset of N examples per task (budget).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Any other `nanoft train` option for every run, e.g. warmup=0.1; repeatable.")
+@click.option("--dev-text", type=click.Path(), help="Also report each model's masked-LM perplexity on this text file.")
+@click.option("--select", type=click.Choice(["final", "best"]), default="final", show_default=True,
+              help="Score a run by its last evaluation (as run_glue) or its best one.")
+@click.option("--output-root", default="runs/glue", show_default=True, type=click.Path(), help="Folder for the runs.")
+@click.option("--output", "output_file", type=click.Path(), help="Also write the table to FILE.md and FILE.csv.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="markdown",
+              show_default=True, help="Printed format.")
+@click.option("--no-run", is_flag=True, help="Only tabulate the runs already in --output-root.")
+def glue(models: Tuple[str, ...], data_dir: Optional[str], seeds: str, lr: Optional[float], batch_size: Optional[int],
+         epochs: Optional[float], max_length: Optional[int], train_subset: Optional[int], options: Tuple[str, ...],
+         dev_text: Optional[str], select: str, output_root: str, output_file: Optional[str], fmt: str,
+         no_run: bool) -> None:
+    """Fine-tune on every GLUE task in --data-dir with one recipe and N seeds; print the GLUE table (max over
+    seeds for CoLA, RTE, WNLI, MRPC, STS-B, mean for the rest; absent tasks shown absent)."""
+    from nanoft.glue import glue_report, parse_options
+
+    values = parse_options(options)
+    for key, value in (("lr", lr), ("batch_size", batch_size), ("epochs", epochs), ("max_length", max_length),
+                       ("train_subset", train_subset)):
+        if value is not None:
+            values[key] = value
+    if not models:
+        from nanoft.weights import default_model_path
+
+        models = (str(default_model_path()),)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r} is not a comma-separated list of integers",
+                          fix="e.g. --seeds 1,2,3") from None
+    report = glue_report(list(models), output_root, seed_list, data_dir, values, dev_text, select, run=not no_run)
+    if output_file:
+        from nanoft.io import atomic_write_text
+
+        atomic_write_text(f"{output_file}.md", report["markdown"] + "\n")
+        atomic_write_text(f"{output_file}.csv", report["csv"] + "\n")
+    click.echo(report[fmt])
+    if report["failed"]:
+        click.echo(f"{len(report['failed'])} run(s) failed: " + "; ".join(report["failed"]), err=True)
+        sys.exit(1)
 
 
 @cli.group()
