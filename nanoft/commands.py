@@ -307,11 +307,12 @@ def _adapter_source(directory: str) -> Tuple[Path, Optional[Path]]:
     from nanoft.train.rundir import RunDir
 
     path = Path(directory)
-    for candidate, run in ((path / "best" / "adapter", path), (path / "adapter", path.parent), (path, path.parent.parent)):
+    for candidate, run in ((path / "best" / "adapter", path), (path / "adapter", path.parent),
+                           (path, path.parent.parent)):
         if (candidate / CONFIG_NAME).is_file():
             return candidate, run if RunDir(run).is_run() else None
-    raise ConfigError("no adapter found (a run trained with --peft, its best/ folder, or a folder with "
-                      f"{CONFIG_NAME})", path=str(path), fix="pass --adapter NAME=RUN_DIR of a `nanoft train --peft` run")
+    raise ConfigError(f"no adapter found (a run trained with --peft, its best/ folder, or a folder with {CONFIG_NAME})",
+                      path=str(path), fix="pass --adapter NAME=RUN_DIR of a `nanoft train --peft` run")
 
 
 def _adapter_labels(adapter_dir: Path, run: Optional[Path]) -> Optional[List[str]]:
@@ -391,8 +392,9 @@ def predict_adapters_file(base: str, adapters: List[str], adapter_column: Option
         columns_of[name] = _predict_columns(table, list(text_columns), task)
         texts = table.column(columns_of[name][0])
         pairs = table.column(columns_of[name][1]) if len(columns_of[name]) > 1 else None
-        examples = Examples(texts=[texts[i] for i in rows], text_pairs=[pairs[i] for i in rows] if pairs is not None else None,
-                            labels=None, lines=np.asarray(table.lines, dtype=np.int64)[rows],
+        examples = Examples(texts=[texts[i] for i in rows],
+                            text_pairs=[pairs[i] for i in rows] if pairs is not None else None, labels=None,
+                            lines=np.asarray(table.lines, dtype=np.int64)[rows],
                             source=str(input_file), fingerprint="")
         datasets[name] = (rows, encode(examples, tokenizer, max_length or run_config.get("max_length") or 128,
                                        use_cache=False, truncation=Truncation.from_config(run_config)))
@@ -407,7 +409,8 @@ def predict_adapters_file(base: str, adapters: List[str], adapter_column: Option
     model.eval()
     with torch.no_grad():
         for batch in EvalBatchSampler(lengths, batch_size):
-            parts = {name: [i for i in batch if row_names[i] == name] for name in dict.fromkeys(row_names[i] for i in batch)}
+            parts = {name: [i for i in batch if row_names[i] == name]
+                     for name in dict.fromkeys(row_names[i] for i in batch)}  # the batch's rows, by adapter
             order = [i for ix in parts.values() for i in ix]
             tensors = [collate(datasets[name][1], local[ix], tokenizer.pad_token_id) for name, ix in parts.items()]
             width = max(t["input_ids"].shape[1] for t in tensors)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,12 +339,18 @@ def test_predict_cli_routes_each_row_to_its_adapter(tiny_config, tiny_task, tmp_
 
     # user errors: one line on stderr, non-zero exit
     (tmp_path / "bad.tsv").write_text("task\ttext\nsenti\tgood\nsports\tthe plot\n", encoding="utf-8")
+    # a run whose task has another label count than its adapter's head (task.json edited in a copy)
+    shutil.copytree(runs["senti"], tmp_path / "senti3")
+    info = json.loads((tmp_path / "senti3" / "task.json").read_text())
+    (tmp_path / "senti3" / "task.json").write_text(json.dumps({**info, "label_names": ["neg", "pos", "mixed"]}))
     for args, message in (
-            (["--adapter-column", "task", "--input", tmp_path / "bad.tsv"], "bad.tsv:3: adapter 'sports' (column "
-                                                                           "'task') was not loaded; loaded: senti, topic"),
-            (["--adapter-column", "domain", "--input", tmp_path / "in.tsv"], "no adapter column 'domain'; columns "
-                                                                            "found: 'task', 'text'"),
-            (["--input", tmp_path / "in.tsv"], "2 adapters: which column names each row's adapter?")):
+            (["--adapter-column", "task", "--input", tmp_path / "bad.tsv"],
+             "bad.tsv:3: adapter 'sports' (column 'task') was not loaded; loaded: senti, topic"),
+            (["--adapter-column", "domain", "--input", tmp_path / "in.tsv"],
+             "no adapter column 'domain'; columns found: 'task', 'text'"),
+            (["--input", tmp_path / "in.tsv"], "2 adapters: which column names each row's adapter?"),
+            (["--adapter", f"x={tmp_path / 'senti3'}", "--adapter-column", "task", "--input", tmp_path / "in.tsv"],
+             "adapter 'x' has a 2-label head but its data has 3 labels (neg, pos, mixed)")):
         code, out, err = _run_cli(["predict", base, "--adapter", f"senti={runs['senti']}", "--adapter",
                                    f"topic={runs['topic']}", *args], capsys)
         assert code != 0 and len(err.strip().splitlines()) == 1 and message in err, err

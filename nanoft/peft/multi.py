@@ -143,11 +143,10 @@ class MultiAdapterModel(nn.Module):
             problems = []
             if adapters_of(self.base)[name].modules != config.get("modules"):
                 problems.append("its targets pick different layers on this model")
-            missing, unexpected = sorted(set(params) - set(body)), sorted(set(body) - set(params))
-            if missing:
-                problems.append(f"missing tensors: {', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}")
-            if unexpected:
-                problems.append(f"unexpected tensors: {', '.join(unexpected[:4])}{' …' if len(unexpected) > 4 else ''}")
+            for what, keys in (("missing", sorted(set(params) - set(body))),
+                               ("unexpected", sorted(set(body) - set(params)))):
+                if keys:
+                    problems.append(f"{what} tensors: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}")
             problems += [f"{k} has shape {body[k]} in the adapter file, the model expects {tuple(p.shape)}"
                          for k, p in sorted(params.items()) if k in body and body[k] != tuple(p.shape)]
             if problems:
