@@ -73,7 +73,9 @@ def principal_factors(weight: torch.Tensor, r: int, scale: float, niter: int = 0
         u, s, v = torch.svd_lowrank(w, q=r, niter=niter)
         vh = v.T
     root = (s / scale).sqrt()
-    return root[:, None] * vh, u * root[None, :]
+    # contiguous: LAPACK's factors are column-major, and a parameter in that layout gets optimizer state in
+    # another one once a checkpoint is loaded, which the fused AdamW kernel (flat over memory) mixes up
+    return (root[:, None] * vh).contiguous(), (u * root[None, :]).contiguous()
 
 
 class PissaAdapter(nn.Module):

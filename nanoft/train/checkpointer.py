@@ -84,8 +84,10 @@ class Checkpointer:
         """Model + tokenizer + trainer state (a tree of numbers, strings and tensors), atomically."""
         final = self.run_dir.checkpoint
         with _staging(final) as tmp:
-            if has_peft(model):
-                save_file({n: p for n, p in model.named_parameters() if p.requires_grad}, tmp / TRAINABLE)
+            if has_peft(model):  # trained tensors, and adapters' frozen ones (PiSSA's start, VeRA's random pair)
+                trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+                trained.update((n, b) for n, b in model.named_buffers() if ".adapters." in n)
+                save_file(trained, tmp / TRAINABLE)
             else:
                 save_model(model, tmp, label_names=self.label_names)
             self.tokenizer.save(tmp)
