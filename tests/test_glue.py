@@ -53,7 +53,7 @@ def test_glue_table_equals_a_hand_computation(tiny_task, tmp_path):
     args = ["glue", "--model", str(tiny_task["model"]), "--data-dir", str(data), "--seeds", "1,2",
             "--lr", "1e-2", "--batch-size", "8", "--max-length", "32", "--output-root", str(root),
             "--option", "max_steps=6", "--train-subset", "16", "--option", "eval_every=6", "--option", "precision=fp32",
-            "--option", "save_best=false", "--output", str(tmp_path / "table")]
+            "--option", "save_best=false", "--dev-text", str(data / "sst2" / "dev.tsv"), "--output", str(tmp_path / "table")]
     done = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert done.exit_code == 0, done.output
     runs = next(root.iterdir())
@@ -82,10 +82,11 @@ def test_glue_table_equals_a_hand_computation(tiny_task, tmp_path):
     absent = [h for g in GLUE if g.name not in ("sst2", "rte") for h, _, _ in g.columns]
     assert all(row[h] == "absent" for row in rows for h in absent)
     assert rows[0]["tasks_w/o_WNLI"] == "2" and rows[0]["tasks_all"] == "2"
+    assert rows[0]["perplexity"] == ""  # a classification checkpoint has no masked-LM head: no perplexity
     markdown = (tmp_path / "table.md").read_text()
     assert "avg w/o WNLI (2/8 tasks)" in markdown and markdown.count("absent") == 3 * len(absent)
     assert f"{max(rte):.1f}" in markdown.splitlines()[2]
-    again = CliRunner().invoke(cli, args[:-2] + ["--no-run", "--format", "csv"], catch_exceptions=False)
+    again = CliRunner().invoke(cli, args[:-4] + ["--no-run", "--format", "csv"], catch_exceptions=False)
     assert again.output.strip() == (tmp_path / "table.csv").read_text().strip()  # tabulated from the same runs
 
 
