@@ -232,3 +232,14 @@ def test_train_tokenizer_needs_from_scratch(tiny_task, tmp_path):
         pretrain_config(tiny_task, tmp_path, train_tokenizer=300).validate()
     with pytest.raises(ConfigError, match="too small"):
         pretrain_config(tiny_task, tmp_path, train_tokenizer=100, from_scratch=True, family="roberta").validate()
+
+
+def test_resumed_run_keeps_its_trained_tokenizer(tiny_task, tmp_path):
+    config = pretrain_config(tiny_task, tmp_path, from_scratch=True, train_tokenizer=300, hidden_size=16,
+                             num_layers=1, num_heads=2, max_steps=2, eval_every=2)
+    first = build_pretraining(config, progress=False)
+    assert first.fit(stop_at_step=1) == {"stopped_at": 1}
+    resumed = build_pretraining(config.replace(resume=True), progress=False)
+    assert resumed.tokenizer.source == str(first.run_dir.checkpoint)  # read back, not trained again
+    assert resumed.tokenizer.backend.get_vocab() == first.tokenizer.backend.get_vocab()
+    resumed.fit()
