@@ -144,7 +144,7 @@ def apply(model: nn.Module, method: str, *, name: str = "default", train_head: b
           **options: Any) -> nn.Module:
     """Apply a PEFT `method` in place and make it the active adapter; returns `model`.
 
-    Methods are those registered (`nanoft.peft.names()`: lora, rslora, dora, houlsby, pfeiffer, ia3,
+    Methods are those registered (`nanoft.peft.names()`: lora, rslora, dora, pissa, vera, houlsby, pfeiffer, ia3,
     bitfit); `nanoft.peft.options_of(method)` lists a method's options and defaults.
     """
     add_adapter(model, name, method, train_head=train_head, **options)
@@ -212,7 +212,7 @@ def trainable_summary(model: nn.Module) -> Dict[str, Any]:
 
 
 def merge(model: nn.Module) -> nn.Module:
-    """Fold the active adapter into the base weights (LoRA, rsLoRA, DoRA, IA³); idempotent."""
+    """Fold the active adapter into the base weights (LoRA, rsLoRA, DoRA, PiSSA, VeRA, IA³); idempotent."""
     if not is_mergeable(model):  # checked first: never leave a model half merged
         raise ConfigError(f"{adapters_of(model)[active_adapter(model)].method} adapters are non-linear and cannot "
                           "be merged", fix="keep the adapter, or train a mergeable method: "
