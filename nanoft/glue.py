@@ -212,7 +212,10 @@ def render(rows: List[Tuple[str, Dict[str, Any], Optional[float]]], fmt: str = "
             absent = value is None and not column.startswith("avg")
             cells.append(ABSENT if absent else ("" if csv else "-") if value is None else
                          (f"{value:.6g}" if csv else f"{value:.1f}"))
-        cells.append(("" if csv else "-") if perplexity is None else (f"{perplexity:.6g}" if csv else f"{perplexity:.2f}"))
+        if perplexity is None:
+            cells.append("" if csv else "-")
+        else:
+            cells.append(f"{perplexity:.6g}" if csv else f"{perplexity:.2f}")
         if csv:
             cells += [str(n) for n in row["_tasks"]]
         body.append(cells)

@@ -34,8 +34,9 @@ def write_glue(directory, n=40, seed=0):
         rows = [labelled() for _ in range(n)]
         (directory / "sst2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
         (directory / "RTE").mkdir(exist_ok=True)  # the GLUE release's folder name
-        rows = [f"{i}\t{sentence()}\t{labelled().replace(chr(9) + '0', chr(9) + 'not_entailment').replace(chr(9) + '1', chr(9) + 'entailment')}"
-                for i in range(n)]  # sentence2 and label as SST-2's: learnable
+        names = {"0": "not_entailment", "1": "entailment"}
+        rows = [f"{i}\t{sentence()}\t{text}\t{names[label]}"  # sentence2 and label as SST-2's: learnable
+                for i, (text, label) in enumerate(labelled().split("\t") for _ in range(n))]
         (directory / "RTE" / f"{split}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "\n".join(rows) + "\n")
     (directory / "cola").mkdir()
     (directory / "cola" / "train.tsv").write_text("sentence\tlabel\nthe movie\t1\n")  # no dev file: absent
@@ -53,7 +54,8 @@ def test_glue_table_equals_a_hand_computation(tiny_task, tmp_path):
     args = ["glue", "--model", str(tiny_task["model"]), "--data-dir", str(data), "--seeds", "1,2",
             "--lr", "1e-2", "--batch-size", "8", "--max-length", "32", "--output-root", str(root),
             "--option", "max_steps=6", "--train-subset", "16", "--option", "eval_every=6", "--option", "precision=fp32",
-            "--option", "save_best=false", "--dev-text", str(data / "sst2" / "dev.tsv"), "--output", str(tmp_path / "table")]
+            "--option", "save_best=false", "--dev-text", str(data / "sst2" / "dev.tsv"),
+            "--output", str(tmp_path / "table")]
     done = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert done.exit_code == 0, done.output
     runs = next(root.iterdir())
@@ -66,7 +68,8 @@ def test_glue_table_equals_a_hand_computation(tiny_task, tmp_path):
     sst2 = [100 * r["accuracy"] for r in finals("sst2")]
     rte = [100 * r["accuracy"] for r in finals("rte")]
     recipe = (runs / "rte" / "glue" / "seed2" / "config.toml").read_text()  # the recipe reached every run
-    assert all(line in recipe.splitlines() for line in ("lr = 0.01", "batch_size = 8", "seed = 2", "max_steps = 6", "train_subset = 16"))
+    assert all(line in recipe.splitlines()
+               for line in ("lr = 0.01", "batch_size = 8", "seed = 2", "max_steps = 6", "train_subset = 16"))
     want = {  # the glue row: mean for SST-2, max over seeds for RTE; the averages over the 2 tasks present
         "SST-2 acc": statistics.mean(sst2), "RTE acc": max(rte),
         "avg w/o WNLI": (statistics.mean(sst2) + max(rte)) / 2, "avg all": (statistics.mean(sst2) + max(rte)) / 2}

@@ -57,7 +57,8 @@ def _byte_level_bpe(texts: Iterable[str], vocab_size: int) -> _RustTokenizer:
     tok.train_from_iterator(texts, trainers.BpeTrainer(
         vocab_size=vocab_size, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=specials[:4] + [AddedToken("<mask>", lstrip=True, special=True)]))
-    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")),
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                      ("<s>", tok.token_to_id("<s>")),
                                                       trim_offsets=True, add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     return tok
