@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+import re
+
 import pytest
 import torch
 
@@ -571,8 +573,9 @@ def test_sparse_sst2_experiment_plans_valid_runs_with_the_dense_teacher_first():
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "sparse-sst2.toml"
     _, runs = plan(str(path))
-    names = ["dense"] + [f"{m}80{kd}" for m in ("magnitude", "gradual", "movement", "rigl") for kd in ("", "_kd")]
-    assert [r["name"] for r in runs] == [f"sst2/{n}" for n in names + ["rigl80_kd_onecycle"] for _ in (1, 2, 3)]
+    names = ["dense", "gradual80", "gradual80_kd", "rigl80", "rigl80_kd", "rigl80_kd_onecycle", "magnitude80",
+             "magnitude80_kd", "movement80", "movement80_kd", "gradual50", "gradual90", "gradual90_kd"]
+    assert [r["name"] for r in runs] == [f"sst2/{n}" for n in names for _ in (1, 2, 3)]
     teacher = next(r for r in runs if r["name"] == "sst2/dense" and r["seed"] == 1)
     for i, r in enumerate(runs):
         c = r["config"].validate()
@@ -580,8 +583,10 @@ def test_sparse_sst2_experiment_plans_valid_runs_with_the_dense_teacher_first():
         if r["name"] == "sst2/dense":
             assert c.prune is None and c.distill_from is None
             continue
-        assert c.sparsity == 0.8 and c.prune == r["name"].split("/")[1].split("80")[0] and not c.sparsity_targets
+        method, percent = re.match(r"sst2/([a-z]+)(\d+)", r["name"]).groups()
+        assert c.sparsity == int(percent) / 100 and c.prune == method and not c.sparsity_targets
+        assert (c.distill_from is not None) == ("_kd" in r["name"])
         if c.distill_from is not None:  # the teacher is the dense seed-1 run, planned (and so run) before this one
             assert Path(c.distill_from) == teacher["output"] and runs.index(teacher) < i
-    assert sum(r["config"].distill_from is not None for r in runs) == 5 * 3
+    assert sum(r["config"].distill_from is not None for r in runs) == 6 * 3
     assert {r["config"].schedule for r in runs} == {"linear", "one-cycle"}
