@@ -309,3 +309,25 @@ def test_pissa_lora_plus_run_resumes_bit_for_bit(tiny_config, tmp_path, monkeypa
     resumed.fit()
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_vera_run_through_the_trainer(tiny_config):
+    """`--peft vera` trains, checkpoints and exports: the shared pair once in each file; the exported adapter
+    reloads onto the base checkpoint with the trained model's logits."""
+    from nanoft.train import Trainer
+    from nanoft.train.checkpointer import TRAINABLE
+
+    trainer = Trainer(tiny_config(peft="vera", peft_options={"r": 8, "seed": 3}, max_steps=2, epochs=1))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit()
+    moved = {n.rsplit(".", 1)[1] for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])
+             and not n.startswith("head.")}
+    assert moved == {"vera_lambda_b", "vera_lambda_d"}
+    run = trainer.run_dir
+    for path in (run.checkpoint / TRAINABLE, run.best / "adapter" / peft.WEIGHTS_NAME):
+        keys = SafetensorsFile(path).keys()
+        assert sum(k.endswith(("vera_A", "vera_B")) for k in keys) == 2, path
+    base = nanoft.load_model(tiny_config().model, head="classification", num_labels=trainer.model.num_labels)
+    loaded = peft.load_adapter(base.eval(), run.best / "adapter")
+    ids = torch.randint(3, base.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded(ids), trainer.model.eval()(ids), atol=1e-6, rtol=0)
