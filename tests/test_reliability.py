@@ -19,7 +19,7 @@ import torch
 
 from nanoft.errors import CheckpointError, NanoftError
 from nanoft.train import Trainer
-from nanoft.train.checkpointer import Checkpointer
+from nanoft.train.checkpointer import Checkpointer, load_optimizer_state
 from nanoft.train.rundir import RunDir, RunLocked
 from nanoft.weights.safetensors_io import SafetensorsFile
 
@@ -150,6 +150,44 @@ def test_optimizer_state_of_another_shape_is_refused(tiny_config, tmp_path):
     (run / "checkpoint" / "trainer_state.json").write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match="exp_avg"):
         Trainer(tiny_config(max_steps=4, checkpoint_every=2, resume=True))
+
+
+def test_optimizer_state_takes_a_non_contiguous_parameters_layout(tmp_path):
+    """Moments saved for a transposed (non-contiguous) parameter come back contiguous; loaded as they are, the fused
+    AdamW step pairs them with the wrong elements. After load_optimizer_state, training continues exactly as the
+    uninterrupted optimizer does (reference: the same steps without a save)."""
+    from safetensors.torch import load_file, save_file
+
+    from nanoft.train import statefile
+
+    def parameter():
+        return torch.nn.Parameter(torch.arange(15.0).reshape(5, 3).t() / 7)  # (3, 5), strides (1, 3)
+
+    def step(weight, optimizer, seed):
+        grad = torch.randn(weight.shape, generator=torch.Generator().manual_seed(seed))
+        optimizer.zero_grad()
+        (weight * grad).sum().backward()
+        optimizer.step()
+
+    reference = parameter()
+    optimizer = torch.optim.AdamW([reference], lr=0.1, fused=True)
+    for seed in range(6):
+        step(reference, optimizer, seed)
+
+    weight = parameter()
+    optimizer = torch.optim.AdamW([weight], lr=0.1, fused=True)
+    for seed in range(3):
+        step(weight, optimizer, seed)
+    tensors = {}
+    tree = statefile.encode(optimizer.state_dict(), tensors)
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(tmp_path / "state.safetensors"))
+    saved = statefile.decode(tree, load_file(str(tmp_path / "state.safetensors")), "state")
+    resumed = torch.nn.Parameter(weight.detach().clone().t().contiguous().t())
+    optimizer = torch.optim.AdamW([resumed], lr=0.1, fused=True)
+    load_optimizer_state(optimizer, saved, "state")
+    for seed in range(3, 6):
+        step(resumed, optimizer, seed)
+    assert torch.equal(resumed.detach(), reference.detach())
 
 
 def test_resume_without_a_checkpoint_says_so(tiny_config, tmp_path):

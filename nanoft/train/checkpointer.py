@@ -159,6 +159,13 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"optimizer state does not load: {e}", path=where) from None
+    # Saved tensors come back contiguous; a parameter that is not (e.g. a transposed SVD factor) must get its
+    # moments in its own memory layout: the fused AdamW step pairs elements by storage offset, not by index.
+    for param in params:
+        slots = optimizer.state.get(param, {})
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                slots[slot] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 __all__ = ["Checkpointer", "has_peft", "load_optimizer_state"]
