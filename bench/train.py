@@ -44,6 +44,17 @@ def _peak_memory(device: str) -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
 
 
+def _flops(model_dir: str, tokens: int, pairs: int, sequences: int, seconds: float, device: str,
+           precision: str) -> Dict[str, Any]:
+    """Achieved training FLOP/s (model FLOPs of the real tokens, nanoft.flops) and its share of the CPU's peak."""
+    from nanoft.config import ModelConfig
+    from nanoft.flops import utilisation
+
+    config = ModelConfig.from_file(Path(model_dir) / "config.json")
+    u = utilisation(config, tokens, pairs, sequences, seconds, torch.device(device), precision)
+    return {"train_flops_per_s": u["train_flops_per_s"], "flop_utilisation": u["flop_utilisation"]}
+
+
 # ------------------------------------------------------------------------------ one side
 def run_transformers(args: argparse.Namespace) -> Dict[str, Any]:
     """The reference: BertForSequenceClassification, dynamic padding, the same recipe."""
@@ -68,13 +79,15 @@ def run_transformers(args: argparse.Namespace) -> Dict[str, Any]:
     sched = tf.get_linear_schedule_with_warmup(opt, int(0.06 * steps), steps)
     use_bf16 = args.precision == "bf16"
     model.train()
-    seen = 0
+    seen = tokens = pairs = 0
     start = time.perf_counter()
     for step in range(steps):
         idx = order[(step * args.batch_size) % len(order):][:args.batch_size]
         batch = tok([texts[i] for i in idx], truncation=True, max_length=128, padding=True, return_tensors="pt")
         batch = {k: v.to(args.device) for k, v in batch.items()}
         y = torch.as_tensor(labels[idx]).to(args.device)
+        lengths = batch["attention_mask"].sum(-1)
+        tokens, pairs = tokens + int(lengths.sum()), pairs + int((lengths * lengths).sum())
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=use_bf16):
             loss = model(**batch, labels=y).loss
         loss.backward()
@@ -87,7 +100,8 @@ def run_transformers(args: argparse.Namespace) -> Dict[str, Any]:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     out = {"side": "transformers", "examples": seen, "train_seconds": seconds, "examples_per_s": seen / seconds,
-           "peak_memory_mb": _peak_memory(args.device)}
+           "peak_memory_mb": _peak_memory(args.device),
+           **_flops(model_dir, tokens, pairs, seen, seconds, args.device, args.precision)}
     if args.mode == "accuracy":
         dev_texts, dev_labels = _read_sst2(data / "sst2" / "dev.tsv")
         model.eval()
@@ -121,7 +135,8 @@ def run_nanoft(args: argparse.Namespace) -> Dict[str, Any]:
              + (", compile" if args.compile else ""))
     out = {"side": f"nanoft ({label})", "examples": trainer.progress.examples_seen,
            "train_seconds": results["train_seconds"], "examples_per_s": results["examples_per_s"],
-           "peak_memory_mb": _peak_memory(args.device)}
+           "peak_memory_mb": _peak_memory(args.device), "train_flops_per_s": results["train_flops_per_s"],
+           "flop_utilisation": results["flop_utilisation"]}
     if args.mode == "accuracy":
         out["dev_accuracy"] = results["best"]["metrics"]["dev"]["accuracy"] if results["best"] else None
     return out
@@ -129,7 +144,8 @@ def run_nanoft(args: argparse.Namespace) -> Dict[str, Any]:
 
 # ------------------------------------------------------------------------------ driver
 def _side(args: argparse.Namespace, side: str, **overrides: Any) -> Dict[str, Any]:
-    cmd = [sys.executable, "-m", "nanoft.bench.train", "--side", side]
+    # -P: the working directory (the repository root has a `kernels` folder) stays off sys.path
+    cmd = [sys.executable, "-P", "-m", "nanoft.bench.train", "--side", side]
     values = {**vars(args), **overrides}
     for key in ("mode", "precision", "steps", "examples", "batch_size", "lr", "seed", "device", "sampler", "unpad"):
         cmd += [f"--{key.replace('_', '-')}", str(values[key])]
@@ -164,12 +180,14 @@ def run_train_bench(precisions: Sequence[str] = ("fp32",), args: Optional[argpar
                 "cpu_features": ", ".join(k for k, v in feats.items() if v) or "none"}
         name = f"train_{args.mode}_{args.device}"
         columns = ["side", "precision", "examples", "train_seconds", "examples_per_s", "speedup_vs_transformers",
-                   "peak_memory_mb"] + (["dev_accuracy"] if args.mode == "accuracy" else [])
+                   "peak_memory_mb", "train_flops_per_s", "flop_utilisation"] + (["dev_accuracy"] if args.mode == "accuracy" else [])
         write_results(name, rows, meta=meta, columns=columns, notes=(
             "Same recipe on both sides (AdamW, linear schedule with 6% warmup, clipping 1.0, batch 32, max length 128). "
             "transformers pads random batches to their longest example; nanoft's default sampler buckets by length "
             "(the 'random' row shows nanoft without bucketing). Peak memory is each subprocess's own "
-            "(RSS on CPU, max allocated on CUDA)."))
+            "(RSS on CPU, max allocated on CUDA). FLOP/s: model training FLOPs of the real tokens per second "
+            "(docs/flops.md); utilisation: that over this CPU's matmul peak in the same precision, measured "
+            "in each subprocess."))
     return rows
 
 
@@ -199,7 +217,8 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
         return
     rows = run_train_bench([s.strip() for s in args.precision.split(",")], args)
     print(format_table(rows, ["side", "precision", "examples", "train_seconds", "examples_per_s",
-                              "speedup_vs_transformers", "peak_memory_mb"]
+                              "speedup_vs_transformers", "peak_memory_mb", "train_flops_per_s",
+                              "flop_utilisation"]
                        + (["dev_accuracy"] if args.mode == "accuracy" else [])))
     print(json.dumps({"environment": environment()["cpu_features"]}))
 

@@ -59,6 +59,7 @@ class Progress:
     examples_seen: int = 0
     tokens_seen: int = 0
     evaluated_step: int = -1  # the step of the last evaluation: a resumed run never evaluates a step twice
+    token_pairs_seen: int = 0  # Σ n² over the sequences trained on: the attention term of the FLOP count
 
     @classmethod
     def from_state(cls, state: Dict[str, Any], where: str) -> "Progress":
@@ -67,6 +68,8 @@ class Progress:
         values = {key: statefile.expect(state, key, kind, where) for key, kind in types.items()}
         if "evaluated_step" in state:  # absent from checkpoints written before it was kept
             values["evaluated_step"] = statefile.expect(state, "evaluated_step", int, where)
+        if "token_pairs_seen" in state:  # likewise
+            values["token_pairs_seen"] = statefile.expect(state, "token_pairs_seen", int, where)
         best = state.get("best")
         if best is not None and not (isinstance(best, dict) and isinstance(best.get("score"), (int, float))):
             raise NanoftError("trainer state 'best' is malformed", path=where)
@@ -215,7 +218,9 @@ class Trainer:
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.item() * len(mine)
             p.examples_seen += len(mine)
-            p.tokens_seen += int(batch["attention_mask"].sum())
+            lengths = batch["attention_mask"].sum(-1)
+            p.tokens_seen += int(lengths.sum())
+            p.token_pairs_seen += int((lengths * lengths).sum())
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [q for q in self.model.parameters() if q.grad is not None]
@@ -418,11 +423,21 @@ class Trainer:
             "peak_memory_mb": peak_memory_mb(self.device), "precision": self.precision,
             "device": str(self.device), "world_size": self.dist.world_size,
             "parameters": total, "trainable_parameters": trainable,
-            "train_examples": len(self.train_data), "versions": versions(), **extra,
+            "train_examples": len(self.train_data), "versions": versions(), **self._flop_report(), **extra,
         }
         if self.dist.is_main:
             self.run_dir.write_results(results)
         return results
+
+    def _flop_report(self) -> Dict[str, Any]:
+        """Achieved training FLOP/s on the real tokens (nanoft.flops) and, on CPU, its share of the matmul peak."""
+        from nanoft.flops import utilisation
+
+        p, world = self.progress, self.dist.world_size
+        # the classification head runs once per sequence; other objectives' heads are not counted (docs/flops.md)
+        sequences = p.examples_seen * world if self.objective.head in ("classification", "regression") else 0
+        return utilisation(self.model.config, p.tokens_seen * world, p.token_pairs_seen * world, sequences,
+                           p.train_seconds, self.device, self.precision, self.model.num_labels or 1)
 
     def _best_model(self) -> nn.Module:
         if not (self.config.save_best and self.run_dir.best.is_dir()):

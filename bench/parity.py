@@ -1,0 +1,558 @@
+"""Accuracy and speed parity with transformers on every shared task, several seeds per side, in one run.
+
+    nanoft bench parity --preset small                      # 5 tasks x 3 seeds per side (CPU-sized)
+    nanoft bench parity --preset small --tasks rte,cola --seeds 5
+
+For each task both sides fine-tune the same checkpoint (default: the installed MiniLM) with the same
+recipe: the same training examples (one seeded subset, shared by every seed and side) and the same
+evaluation examples in the same order, AdamW (fused, the Trainer default of transformers) with the
+same weight-decay groups, a linear schedule with the same warmup, gradient clipping, epochs and batch
+size. nanoft is its `Trainer` (length-bucketed batches by default; `--nanoft-sampler random` adds
+plain shuffled batches); transformers is `AutoModelForSequenceClassification` trained as its Trainer
+does it: shuffled batches padded to their own longest (dynamic padding). Both sides tokenize once, up
+front, untimed; both time the training steps only (data collation included).
+
+Per task the table gives each side's metric mean ± std over seeds, the difference (nanoft - transformers)
+with its standard error and Welch's t, examples/s per side and their ratio, peak memory per side and
+the FLOP utilisation of each side (nanoft.flops). Every side/seed runs in a fresh subprocess so its
+peak memory (RSS on CPU) is its own; `--no-isolate` runs them in this process (tests).
+
+Each run also reports what the recipe checks compare: a hash of the token ids it trained on (as a
+multiset: the same examples, tokenized and truncated the same way) and of the evaluation examples in
+scoring order with their labels, the parameter counts with and without weight decay, the classifier's
+initial weight std, and the dropout rates. `checks` in the JSON says where the sides agree.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from nanoft.bench.common import RESULTS_DIR, environment, format_table, write_results
+from nanoft.errors import ConfigError
+from nanoft.io import atomic_write_text
+from nanoft.tables import format_rows
+
+SIDES = ("nanoft", "transformers")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How much of a task a preset uses: training examples (a seeded subset; None: all), evaluation examples
+    (a seeded subset of `eval_split`, kept in file order; None: all) and the maximum length."""
+    train: Optional[int]
+    eval: Optional[int]
+    max_length: int = 128
+    eval_split: str = "dev"
+
+
+@dataclass(frozen=True)
+class Preset:
+    tasks: Dict[str, TaskSpec]
+    seeds: int = 3
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 5e-5
+    description: str = ""
+
+
+PRESETS: Dict[str, Preset] = {
+    # CI-sized: the test writes a tiny model and tiny sst2/cola folders
+    "tiny": Preset({"sst2": TaskSpec(48, 24, 32), "cola": TaskSpec(48, 24, 32)}, seeds=2, batch_size=8, lr=1e-3,
+                   description="48 train / 24 eval examples per task, max length 32, batch 8, 2 seeds"),
+    # sized for a 2-core CPU shared with other jobs: 5 tasks x 3 seeds x 2 sides in about an hour
+    # (measured: 2,000 SST-2 examples took 10.5 minutes for one seed of both sides under that load)
+    "small": Preset({"sst2": TaskSpec(400, 400), "cola": TaskSpec(400, 400), "agnews": TaskSpec(192, 300),
+                     "rte": TaskSpec(128, None), "imdb": TaskSpec(32, 64, 512, "test")},
+                    description="seeded training subsets of 400 (SST-2, CoLA), 192 (AG News), 128 (RTE) and 32 (IMDB, "
+                                "max length 512) examples, 1 epoch, batch 32, lr 5e-5; evaluation on seeded subsets of "
+                                "400 (SST-2 dev, CoLA dev), 300 (AG News dev), the full RTE dev (277) and 64 IMDB test "
+                                "reviews"),
+    # the full training sets, 3 epochs: a GPU-sized run
+    "full": Preset({"sst2": TaskSpec(None, None), "cola": TaskSpec(None, None), "rte": TaskSpec(None, None),
+                    "agnews": TaskSpec(None, None), "imdb": TaskSpec(None, None, 512, "test")}, epochs=3.0,
+                   description="full training sets and dev sets, 3 epochs, batch 32, lr 5e-5"),
+}
+
+
+@dataclass
+class RunSpec:
+    """One side, one seed, one task: everything a worker needs (it travels as JSON to a subprocess)."""
+    side: str
+    task: str
+    seed: int
+    train: Optional[int]
+    eval: Optional[int]
+    max_length: int
+    eval_split: str
+    epochs: float
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"
+    sampler: str = "bucket"  # nanoft's only
+    model: Optional[str] = None
+    data_dir: Optional[str] = None
+    data_seed: int = 0  # the training subset and eval subset: the same for every seed and side
+    eval_batch_size: int = 128
+    force_predictions: bool = False  # skip training; score a fixed function of the input ids (tests)
+
+
+# ------------------------------------------------------------------------------ shared by both sides
+def load_examples(spec: RunSpec) -> Tuple[Any, Any, Any]:
+    """(task, training examples, evaluation examples): seeded subsets by `data_seed`, in file order."""
+    from nanoft.tasks import get_task
+
+    task = get_task(spec.task)
+
+    def subset(examples: Any, n: Optional[int], salt: int) -> Any:
+        if n is None or n >= len(examples):
+            return examples
+        order = np.random.default_rng([spec.data_seed, salt]).permutation(len(examples))[:n]
+        return examples.select(np.sort(order))
+
+    train = subset(task.load(spec.data_dir, "train"), spec.train, 0)
+    evaluation = subset(task.load(spec.data_dir, spec.eval_split), spec.eval, 1)
+    return task, train, evaluation
+
+
+def multiset_hash(sequences: Sequence[Sequence[int]]) -> str:
+    """A hash of token-id sequences that ignores their order (which examples, tokenized how)."""
+    h = hashlib.sha1()
+    for seq in sorted(tuple(int(t) for t in s) for s in sequences):
+        h.update(np.asarray(seq, dtype=np.int64).tobytes() + b"|")
+    return h.hexdigest()[:16]
+
+
+def ordered_hash(sequences: Sequence[Sequence[int]], labels: Sequence[int]) -> str:
+    """A hash of (token ids, label) pairs in the given order (the evaluation as it is scored)."""
+    h = hashlib.sha1()
+    for seq, label in zip(sequences, labels):
+        h.update(np.asarray(seq, dtype=np.int64).tobytes() + f"|{int(label)}|".encode())
+    return h.hexdigest()[:16]
+
+
+class ForcedLogits(torch.nn.Module):
+    """A stand-in model whose prediction is a fixed function of an example's real token ids:
+    class (Σ ids) mod num_labels. Both sides score it on their own eval batches (their padding, order and
+    batching); equal scores mean their evaluation and metric code agree on identical predictions."""
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__()
+        self.num_labels = num_labels
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # evaluation code asks for a parameter's device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **_: Any) -> torch.Tensor:
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        classes = (input_ids * mask).sum(-1) % self.num_labels
+        return torch.nn.functional.one_hot(classes, self.num_labels).float()
+
+
+def forced_prediction(ids: Sequence[int], num_labels: int) -> int:
+    """ForcedLogits' class for one example's real token ids (for checking it by hand)."""
+    return int(sum(int(t) for t in ids) % num_labels)
+
+
+def _flops(model_dir: Path, tokens: int, pairs: int, sequences: int, seconds: float, precision: str,
+           num_labels: int) -> Dict[str, Any]:
+    from nanoft.config import ModelConfig
+    from nanoft.flops import utilisation
+
+    config = ModelConfig.from_file(model_dir / "config.json")
+    return utilisation(config, tokens, pairs, sequences, seconds, torch.device("cpu"), precision, num_labels)
+
+
+def _model_dir(spec: RunSpec) -> Path:
+    from nanoft.weights import default_model_path
+
+    return Path(spec.model) if spec.model else Path(default_model_path())
+
+
+# ------------------------------------------------------------------------------ nanoft
+def run_nanoft(spec: RunSpec) -> Dict[str, Any]:
+    """nanoft's Trainer on the spec's examples (an objective that brings its own data)."""
+    from nanoft.data import encode
+    from nanoft.train import TrainConfig, Trainer
+    from nanoft.train.build import make_sampler
+    from nanoft.train.evaluate import predict_logits, score
+    from nanoft.train.objective import SequenceClassification
+    from nanoft.weights.tokenizer import Truncation
+
+    task, train, evaluation = load_examples(spec)
+
+    class FixedData(SequenceClassification):
+        """The task's objective on the bench's own subsets; keeps the last evaluation's logits."""
+
+        def load_data(self, config: Any, tokenizer: Any) -> Tuple[Any, Dict[str, Any]]:
+            trunc = Truncation.from_config(config)
+            return (encode(train, tokenizer, config.max_length, truncation=trunc),
+                    {"eval": encode(evaluation, tokenizer, config.max_length, truncation=trunc)})
+
+        def evaluate(self, model: Any, data: Any, pad_token_id: int, batch_size: int, device: Any,
+                     precision: str, dist: Any) -> Dict[str, float]:
+            self.logits = predict_logits(model, data, pad_token_id, batch_size, device, precision, dist)
+            return score(self.task, self.logits, data.labels)
+
+    objective = FixedData(task)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(task=spec.task, data_dir=spec.data_dir, model=spec.model, max_length=spec.max_length,
+                             epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
+                             weight_decay=spec.weight_decay, warmup=spec.warmup, max_grad_norm=spec.max_grad_norm,
+                             precision=spec.precision, sampler=spec.sampler, seed=spec.seed,
+                             eval_batch_size=spec.eval_batch_size, output=tmp, quiet=True, save_best=False,
+                             log_every=10**9)
+        trainer = Trainer(config, objective=objective, device="cpu")
+        data = trainer.eval_data["eval"]
+        out: Dict[str, Any] = _common_checks_nanoft(trainer)
+        if spec.force_predictions:
+            metrics = trainer.evaluate("eval", model=ForcedLogits(task.num_labels))
+            results: Dict[str, Any] = {}
+        else:
+            # what the trainer will see: a twin of its sampler (same seed) hands out the same batches
+            twin = make_sampler(trainer.config, trainer.train_data.lengths, 1)
+            trained: List[List[int]] = []
+            for epoch in range(math.ceil(spec.epochs)):
+                twin.set_epoch(epoch)
+                trained += [list(trainer.train_data.ids(i)) for b in twin for i in b]
+            results = trainer.fit()
+            metrics = score(task, objective.logits, data.labels)
+            out["train_hash"] = multiset_hash(trained)
+    out.update({"eval_hash": ordered_hash([data.ids(i) for i in range(len(data))], data.labels),
+                "metric": metrics[task.main_metric], "metrics": metrics})
+    if results:
+        out.update({k: results[k] for k in ("train_seconds", "examples_per_s", "tokens_per_s", "peak_memory_mb",
+                                            "train_flops_per_s", "peak_flops_per_s", "flop_utilisation", "steps")})
+        out["examples"] = trainer.progress.examples_seen
+    return out
+
+
+def _common_checks_nanoft(trainer: Any) -> Dict[str, Any]:
+    decay = sum(p.numel() for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"])
+    no_decay = sum(p.numel() for g in trainer.optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"])
+    cfg = trainer.model.config
+    return {"decay_params": decay, "no_decay_params": no_decay,
+            "classifier_init_std": float(trainer.model.head.out.weight.detach().std()),
+            "dropout": {"hidden": cfg.hidden_dropout, "attention": cfg.attention_dropout,
+                        "classifier": cfg.classifier_dropout if cfg.classifier_dropout is not None
+                        else cfg.hidden_dropout}}
+
+
+# ------------------------------------------------------------------------------ transformers
+def _pad(rows: List[Dict[str, List[int]]], pad_id: int) -> Dict[str, torch.Tensor]:
+    """Dynamic padding: right-pad the batch to its own longest example (DataCollatorWithPadding's output)."""
+    longest = max(len(r["input_ids"]) for r in rows)
+    out = {"input_ids": torch.full((len(rows), longest), pad_id, dtype=torch.long),
+           "token_type_ids": torch.zeros((len(rows), longest), dtype=torch.long),
+           "attention_mask": torch.zeros((len(rows), longest), dtype=torch.long)}
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        out["input_ids"][i, :n] = torch.as_tensor(r["input_ids"])
+        out["attention_mask"][i, :n] = 1
+        if "token_type_ids" in r:
+            out["token_type_ids"][i, :n] = torch.as_tensor(r["token_type_ids"])
+    return out
+
+
+def decay_parameter_names(model: torch.nn.Module) -> List[str]:
+    """The names transformers' Trainer decays: everything but biases and LayerNorm parameters
+    (`Trainer.get_decay_parameter_names`, written out here so the rule is visible)."""
+    names = []
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            if isinstance(module, torch.nn.LayerNorm) or "bias" in name or "layernorm" in full.lower():
+                continue
+            names.append(full)
+    return names
+
+
+def run_transformers(spec: RunSpec) -> Dict[str, Any]:
+    """The reference: AutoModelForSequenceClassification, shuffled batches with dynamic padding, the same recipe."""
+    import transformers as tf
+
+    from nanoft.train.evaluate import score
+    from nanoft.train.runtime import peak_memory_mb, reset_peak_memory
+
+    reset_peak_memory()
+    torch.manual_seed(spec.seed)
+    task, train, evaluation = load_examples(spec)
+    model_dir = _model_dir(spec)
+    tok = tf.AutoTokenizer.from_pretrained(str(model_dir))
+
+    def tokenize(examples: Any) -> List[Dict[str, List[int]]]:
+        enc = tok(examples.texts, examples.text_pairs, truncation=True, max_length=spec.max_length)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+        return [{k: enc[k][i] for k in keys} for i in range(len(examples))]
+
+    train_rows, eval_rows = tokenize(train), tokenize(evaluation)
+    model = tf.AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=task.num_labels)
+    decay_names = set(decay_parameter_names(model))
+    params = dict(model.named_parameters())
+    groups = [{"params": [p for n, p in params.items() if n in decay_names], "weight_decay": spec.weight_decay},
+              {"params": [p for n, p in params.items() if n not in decay_names], "weight_decay": 0.0}]
+    cfg = model.config
+    out: Dict[str, Any] = {
+        "decay_params": sum(p.numel() for p in groups[0]["params"]),
+        "no_decay_params": sum(p.numel() for p in groups[1]["params"]),
+        "classifier_init_std": float(model.classifier.weight.detach().std()),
+        "dropout": {"hidden": cfg.hidden_dropout_prob, "attention": cfg.attention_probs_dropout_prob,
+                    "classifier": cfg.classifier_dropout if cfg.classifier_dropout is not None
+                    else cfg.hidden_dropout_prob}}
+    pad_id = tok.pad_token_id
+    labels = np.asarray(train.labels)
+    results: Dict[str, Any] = {}
+    if not spec.force_predictions:
+        optimizer = torch.optim.AdamW(groups, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+        steps_per_epoch = math.ceil(len(train_rows) / spec.batch_size)
+        total = max(1, math.ceil(spec.epochs * steps_per_epoch))
+        warmup = int(spec.warmup) if spec.warmup >= 1 else math.ceil(spec.warmup * total)
+        scheduler = tf.get_linear_schedule_with_warmup(optimizer, warmup, total)
+        use_bf16 = spec.precision == "bf16"
+        model.train()
+        seen = tokens = pairs = step = 0
+        trained: List[List[int]] = []
+        seconds = 0.0
+        while step < total:
+            order = np.random.default_rng([spec.seed, step // steps_per_epoch]).permutation(len(train_rows))
+            for start in range(0, len(order), spec.batch_size):
+                if step >= total:
+                    break
+                t0 = time.perf_counter()
+                idx = order[start:start + spec.batch_size]
+                batch = _pad([train_rows[i] for i in idx], pad_id)
+                y = torch.as_tensor(labels[idx])
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    loss = model(**batch, labels=y).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                seconds += time.perf_counter() - t0
+                lengths = batch["attention_mask"].sum(-1)
+                seen, tokens, pairs = seen + len(idx), tokens + int(lengths.sum()), pairs + int((lengths ** 2).sum())
+                trained += [train_rows[i]["input_ids"] for i in idx]
+                step += 1
+        results = {"train_seconds": seconds, "examples_per_s": seen / max(seconds, 1e-9),
+                   "tokens_per_s": tokens / max(seconds, 1e-9), "steps": step, "examples": seen,
+                   "peak_memory_mb": peak_memory_mb(torch.device("cpu")),
+                   **{k: v for k, v in _flops(model_dir, tokens, pairs, seen, seconds, spec.precision,
+                                              task.num_labels).items() if k != "train_flops"}}
+        out["train_hash"] = multiset_hash(trained)
+    # evaluation: the examples in their order, batches padded to their own longest
+    evaluator = ForcedLogits(task.num_labels) if spec.force_predictions else model
+    evaluator.eval()
+    logits = []
+    with torch.no_grad():
+        for start in range(0, len(eval_rows), spec.eval_batch_size):
+            batch = _pad(eval_rows[start:start + spec.eval_batch_size], pad_id)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.precision == "bf16"):
+                output = evaluator(**batch)
+            logits.append(getattr(output, "logits", output).float())
+    metrics = score(task, torch.cat(logits), np.asarray(evaluation.labels))
+    out.update({"eval_hash": ordered_hash([r["input_ids"] for r in eval_rows], evaluation.labels),
+                "metric": metrics[task.main_metric], "metrics": metrics, **results})
+    return out
+
+
+# ------------------------------------------------------------------------------ driver
+def run_one(spec: RunSpec, isolate: bool = True) -> Dict[str, Any]:
+    """One side/seed: in a fresh subprocess (its own peak memory) or in this process."""
+    if not isolate:
+        return (run_nanoft if spec.side == "nanoft" else run_transformers)(spec)
+    # -P: the working directory stays off sys.path (the repository root holds a `kernels` folder that
+    # transformers would import as a package; see DESIGN.md)
+    cmd = [sys.executable, "-P", "-m", "nanoft.bench.parity", "--worker", json.dumps(dataclasses.asdict(spec))]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{spec.side} {spec.task} seed {spec.seed} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _stats(values: Sequence[float]) -> Tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def compare(nanoft: Sequence[float], reference: Sequence[float]) -> Dict[str, Optional[float]]:
+    """Difference of means (nanoft - reference), its standard error, Welch's t and its degrees of freedom."""
+    (m1, s1), (m2, s2) = _stats(nanoft), _stats(reference)
+    v1, v2 = s1 ** 2 / len(nanoft), s2 ** 2 / len(reference)
+    se = math.sqrt(v1 + v2)
+    diff = m1 - m2
+    t = diff / se if se > 0 else None
+    df = ((v1 + v2) ** 2 / (v1 ** 2 / max(1, len(nanoft) - 1) + v2 ** 2 / max(1, len(reference) - 1))
+          if v1 + v2 > 0 else None)
+    return {"diff": diff, "se": se, "welch_t": t, "welch_df": df}
+
+
+def summarise(task: str, precision: str, runs: Sequence[Dict[str, Any]], variant: str = "bucket") -> Dict[str, Any]:
+    """One table row: both sides' seeds of a task."""
+    ours = [r for r in runs if r["side"] == "nanoft" and r["sampler"] == variant]
+    ref = [r for r in runs if r["side"] == "transformers"]
+    scale = 100.0  # metrics in points
+    row: Dict[str, Any] = {"task": task, "precision": precision, "nanoft_sampler": variant,
+                           "metric": ours[0]["metric_name"] if ours else None, "seeds": f"{len(ours)}/{len(ref)}"}
+    m1, s1 = _stats([r["metric"] * scale for r in ours])
+    m2, s2 = _stats([r["metric"] * scale for r in ref])
+    c = compare([r["metric"] * scale for r in ours], [r["metric"] * scale for r in ref])
+    row.update({"nanoft": f"{m1:.2f} ± {s1:.2f}", "transformers": f"{m2:.2f} ± {s2:.2f}",
+                "diff": round(c["diff"], 2), "se": round(c["se"], 2),
+                "welch_t": None if c["welch_t"] is None else round(c["welch_t"], 2)})
+    mean = lambda rs, k: float(np.mean([r[k] for r in rs])) if rs and all(r.get(k) is not None for r in rs) else None
+    e1, e2 = mean(ours, "examples_per_s"), mean(ref, "examples_per_s")
+    u1, u2 = mean(ours, "flop_utilisation"), mean(ref, "flop_utilisation")
+    row.update({"nanoft_ex_s": e1, "transformers_ex_s": e2, "speedup": e1 / e2 if e1 and e2 else None,
+                "nanoft_mem_mb": mean(ours, "peak_memory_mb"), "transformers_mem_mb": mean(ref, "peak_memory_mb"),
+                "nanoft_gflop_s": (mean(ours, "train_flops_per_s") or 0) / 1e9,
+                "transformers_gflop_s": (mean(ref, "train_flops_per_s") or 0) / 1e9,
+                "nanoft_util_pct": None if u1 is None else 100 * u1,
+                "transformers_util_pct": None if u2 is None else 100 * u2,
+                "metric_mean_nanoft": m1, "metric_std_nanoft": s1, "metric_mean_transformers": m2,
+                "metric_std_transformers": s2})
+    # targets: within 0.5 points or one standard error (a nanoft mean above counts as within)
+    row["accuracy_target"] = "met" if c["diff"] >= -0.5 or c["diff"] >= -c["se"] else "missed"
+    need = 3.0 if task == "sst2" else 2.0
+    row["speed_target"] = None if row["speedup"] is None else ("met" if row["speedup"] >= need else "missed") + f" (≥{need:g}x)"
+    return row
+
+
+def checks(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Where the two sides' recipes agree, from what every run reported."""
+    def same(key: str, rs: Sequence[Dict[str, Any]]) -> bool:
+        return len({json.dumps(r.get(key), sort_keys=True) for r in rs}) == 1
+
+    out: Dict[str, Any] = {}
+    for task in sorted({r["task"] for r in runs}):
+        rs = [r for r in runs if r["task"] == task]
+        out[task] = {"same_train_tokens": same("train_hash", rs), "same_eval_examples_and_order": same("eval_hash", rs),
+                     "same_weight_decay_split": same("decay_params", rs) and same("no_decay_params", rs),
+                     "same_dropout": same("dropout", rs),
+                     "classifier_init_std": {side: round(float(np.mean([r["classifier_init_std"] for r in rs
+                                                                         if r["side"] == side])), 4)
+                                             for side in SIDES if any(r["side"] == side for r in rs)}}
+    return out
+
+
+COLUMNS = ["task", "precision", "nanoft_sampler", "metric", "seeds", "nanoft", "transformers", "diff", "se",
+           "welch_t", "nanoft_ex_s", "transformers_ex_s", "speedup", "nanoft_mem_mb", "transformers_mem_mb",
+           "nanoft_gflop_s", "transformers_gflop_s", "nanoft_util_pct", "transformers_util_pct",
+           "accuracy_target", "speed_target"]
+
+
+def run_parity(preset: Preset, *, tasks: Optional[Sequence[str]] = None, seeds: Optional[int] = None,
+               precisions: Sequence[str] = ("fp32",), samplers: Sequence[str] = ("bucket",),
+               model: Optional[str] = None, data_dir: Optional[str] = None, isolate: bool = True,
+               name: Optional[str] = "parity", out_dir: Optional[Path] = None, notes: str = "",
+               log: Any = None) -> Dict[str, Any]:
+    """Run every (task, precision, side, seed); write the results after each task (a partial file survives a
+    kill). Returns {"rows": summary rows, "runs": per-run records, "checks": ...}."""
+    tasks = list(tasks or preset.tasks)
+    for t in tasks:
+        if t not in preset.tasks:
+            raise ConfigError(f"task {t!r} is not in this preset", fix=f"use some of {', '.join(preset.tasks)}")
+    n_seeds = seeds or preset.seeds
+    runs: List[Dict[str, Any]] = []
+    rows: List[Dict[str, Any]] = []
+    out: Dict[str, Any] = {}
+    for task in tasks:
+        ts = preset.tasks[task]
+        for precision in precisions:
+            variants = [("transformers", "-")] + [("nanoft", s) for s in samplers]
+            for seed in range(n_seeds):
+                for side, sampler in variants:  # sides interleaved per seed: load drifts hit both alike
+                    spec = RunSpec(side=side, task=task, seed=seed, train=ts.train, eval=ts.eval,
+                                   max_length=ts.max_length, eval_split=ts.eval_split, epochs=preset.epochs,
+                                   batch_size=preset.batch_size, lr=preset.lr, precision=precision,
+                                   sampler=sampler if side == "nanoft" else "bucket", model=model, data_dir=data_dir)
+                    start = time.perf_counter()
+                    record = run_one(spec, isolate)
+                    from nanoft.tasks import get_task
+
+                    record.update({"side": side, "task": task, "seed": seed, "precision": precision,
+                                   "sampler": sampler, "metric_name": get_task(task).main_metric,
+                                   "wall_seconds": time.perf_counter() - start})
+                    runs.append(record)
+                    if log:
+                        log(f"{task} {precision} {side}{'' if side != 'nanoft' else f' ({sampler})'} seed {seed}: "
+                            f"{record['metric_name']} {record['metric']:.4f}, {record.get('examples_per_s', 0):.1f} ex/s, "
+                            f"{record['wall_seconds']:.0f} s")
+            task_runs = [r for r in runs if r["task"] == task and r["precision"] == precision]
+            rows += [summarise(task, precision, task_runs, s) for s in samplers]
+        out = {"rows": rows, "runs": runs, "checks": checks(runs)}
+        if name:
+            write(out, preset, name, out_dir, notes, n_seeds)
+    return out
+
+
+def write(out: Dict[str, Any], preset: Preset, name: str, out_dir: Optional[Path], notes: str, seeds: int) -> None:
+    out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    meta = {"preset": preset.description, "seeds per side": seeds, "epochs": preset.epochs,
+            "batch size": preset.batch_size, "lr": preset.lr,
+            "recipe": "AdamW (fused, eps 1e-8, weight decay 0.01 except biases/LayerNorm), linear schedule with "
+                      "6% warmup, clipping 1.0; nanoft: Trainer, length-bucketed batches unless the sampler column "
+                      "says random; transformers: AutoModelForSequenceClassification, shuffled batches, dynamic padding"}
+    check_lines = ["", "## Recipe checks (from what every run reported)", "",
+                   format_rows([{"task": t, **{k: (v if not isinstance(v, dict) else json.dumps(v))
+                                              for k, v in c.items()}} for t, c in out["checks"].items()],
+                               fmt="markdown")]
+    paths = write_results(name, out["rows"], meta=meta, columns=COLUMNS, out_dir=out_dir,
+                          notes="\n".join(([notes, ""] if notes else []) + check_lines))
+    payload = json.loads(paths["json"].read_text(encoding="utf-8"))
+    if os.path.basename(sys.argv[0]) == "parity.py":  # `python -m nanoft.bench.parity ...`: record it as the CLI
+        payload["command"] = " ".join(["nanoft bench parity"] + sys.argv[1:])
+        md = paths["markdown"].read_text(encoding="utf-8").splitlines()
+        md[2] = f"Command: `{payload['command']}`"
+        atomic_write_text(paths["markdown"], "\n".join(md) + "\n")
+    payload.update({"runs": out["runs"], "checks": out["checks"]})
+    atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / f"{name}.csv", format_rows(out["rows"], COLUMNS, fmt="csv") + "\n")
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="nanoft bench parity", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=list(PRESETS), default="small", help="tasks, sizes and recipe")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the preset's tasks")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per side [default: the preset's]")
+    p.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16")
+    p.add_argument("--nanoft-sampler", default="bucket", help="comma-separated nanoft samplers: bucket, random")
+    p.add_argument("--model", default=None, help="model directory [default: installed MiniLM]")
+    p.add_argument("--data-dir", default=None, help="data folder [default: $NANOFT_DATA_DIR]")
+    p.add_argument("--name", default="parity", help="result file name in --out-dir")
+    p.add_argument("--out-dir", default=None, help="result folder [default: bench/results]")
+    p.add_argument("--no-isolate", action="store_true", help="run every side/seed in this process (no memory column)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        spec = RunSpec(**json.loads(args.worker))
+        print(json.dumps((run_nanoft if spec.side == "nanoft" else run_transformers)(spec), default=float))
+        return
+    data_dir = args.data_dir or os.environ.get("NANOFT_DATA_DIR")
+    out = run_parity(PRESETS[args.preset], tasks=args.tasks.split(",") if args.tasks else None, seeds=args.seeds,
+                     precisions=[s.strip() for s in args.precision.split(",")],
+                     samplers=[s.strip() for s in args.nanoft_sampler.split(",")], model=args.model,
+                     data_dir=data_dir, isolate=not args.no_isolate, name=args.name,
+                     out_dir=Path(args.out_dir) if args.out_dir else None,
+                     log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_table(out["rows"], COLUMNS))
+    print(json.dumps({"environment": environment()["cpu_features"]}))
+
+
+if __name__ == "__main__":
+    cli()
