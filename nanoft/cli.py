@@ -489,6 +489,7 @@ BENCHES = {
     "multinode": ("nanoft.bench.multinode", "main", "1 process vs 2 torchrun nodes on loopback (gloo): steps/s, restart time."),
     "mlm": ("nanoft.bench.mlm", "main", "Masked-LM training tokens/s vs transformers BertForMaskedLM (same blocks, same run)."),
     "unpad": ("nanoft.bench.unpad", "main", "Unpadded vs padded encoder: training examples/s on the same batches."),
+    "parity": ("nanoft.bench.parity", "cli", "Accuracy (seeds, Welch's t) and speed vs transformers on every shared task."),
 }
 
 
