@@ -3,7 +3,7 @@
     nanoft bench peft --task sst2 --methods full,lora-r4,lora,lora-r16,rslora,dora,houlsby,pfeiffer,bitfit,ia3
 
 `lora-rN` (also rslora-rN, dora-rN) is that method at rank N with alpha = 2N, so alpha/r stays at the
-default 16/8. Every method fine-tunes the same checkpoint with the same data, seed, batch size and number of
+default 16/8. Learning rates and options are each method's recipe defaults (the PEFT registry). Every method fine-tunes the same checkpoint with the same data, seed, batch size and number of
 steps through the real trainer; only the PEFT method and its learning rate differ (PEFT methods
 train few, freshly initialised tensors and need a larger rate than full fine-tuning). For each
 mergeable method the row also records how far the merged plain model's logits are from the
@@ -30,16 +30,15 @@ import torch
 from nanoft import peft
 from nanoft.bench.common import environment, format_table, write_results
 from nanoft.errors import ConfigError
+from nanoft.train.config import FULL_FINETUNING_LR, default_lr
 
-# Learning rates commonly used for each method on GLUE-size tasks (full fine-tuning: BERT's 5e-5).
-DEFAULT_LR = {"full": 5e-5, "lora": 5e-4, "rslora": 5e-4, "dora": 5e-4, "houlsby": 1e-3, "pfeiffer": 1e-3,
-              "bitfit": 1e-3, "ia3": 3e-3}
+# Each method's recipe rate, written once on its registry record (nanoft/peft; `nanoft train --help` lists
+# them); full fine-tuning: BERT's 5e-5.
+DEFAULT_LR = {"full": FULL_FINETUNING_LR, **{m: default_lr(m) for m in peft.names()}}
+# The registry's options too (LoRA family: r 8, alpha 16, all linear layers), spelled out in the results file.
 DEFAULT_OPTIONS: Dict[str, Dict[str, Any]] = {
-    "lora": {"r": 8, "alpha": 16, "targets": ["query", "value"]},
-    "rslora": {"r": 8, "alpha": 16, "targets": ["query", "value"]},
-    "dora": {"r": 8, "alpha": 16, "targets": ["query", "value"]},
-    "houlsby": {"reduction_factor": 16}, "pfeiffer": {"reduction_factor": 16}, "bitfit": {}, "ia3": {},
-}
+    m: {k: list(v) if isinstance(v, tuple) else v for k, v in peft.options_of(m).items()
+        if k in ("r", "alpha", "targets", "reduction_factor")} for m in peft.names()}
 
 
 _RANKED = re.compile(r"^(lora|rslora|dora)-r(\d+)$")

@@ -81,6 +81,8 @@ class FieldOption(SectionOption):
         if notes:
             help_text += " (" + "; ".join(f"--peft {m}: {_show(v)}" for m, v in notes.items()) + ")"
         unset = meta.get("unset") if default in (None, [], {}, ()) else None
+        if callable(unset):  # computed from a registry when the CLI is built (e.g. --lr's per-method rates)
+            unset = unset()
         kwargs: Dict[str, Any] = dict(help=help_text, metavar=meta.get("metavar"), show_default=unset or True)
         if self.kind == "scalar" and self.item is bool:
             if default and "/" not in flag:
@@ -253,7 +255,15 @@ def config_from_cli(ctx: click.Context, config_class: Optional[type] = None) -> 
     for f in dataclasses.fields(cls):
         if "off" in f.metadata and values.get(f.name) == f.metadata["off"]:
             values[f.name] = None
-    return cls.from_dict(values, source=config_file or "command line")
+    config = cls.from_dict(values, source=config_file or "command line")
+    if getattr(config, "peft", None) and "lr" not in values:
+        from nanoft import peft
+
+        method = peft.get(config.peft)
+        why = (f"its recipe rate ({method.lr_source})" if method.lr is not None
+               else "full fine-tuning's rate: the method has no recipe rate of its own")
+        click.echo(f"--peft {config.peft} without --lr: lr {config.lr:g}, {why}", err=True)
+    return config
 
 
 # --------------------------------------------------------------------------------- commands
@@ -489,6 +499,7 @@ BENCHES = {
     "multinode": ("nanoft.bench.multinode", "main", "1 process vs 2 torchrun nodes on loopback (gloo): steps/s, restart time."),
     "mlm": ("nanoft.bench.mlm", "main", "Masked-LM training tokens/s vs transformers BertForMaskedLM (same blocks, same run)."),
     "unpad": ("nanoft.bench.unpad", "main", "Unpadded vs padded encoder: training examples/s on the same batches."),
+    "peft-runs": ("nanoft.bench.peft_runs", "main", "PEFT tables from `nanoft run` folders: sweep winners; mean ± std over seeds, size, speed, memory."),
     "parity": ("nanoft.bench.parity", "cli", "Accuracy (seeds, Welch's t) and speed vs transformers on every shared task."),
 }
 

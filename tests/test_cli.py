@@ -58,7 +58,8 @@ def _expected_default(f: dataclasses.Field):
             return f.name.replace("_", "-") if default else "no-" + f.name.replace("_", "-")
         return None  # a plain off switch shows no default
     if default in (None, [], {}, ()):
-        return f"({f.metadata['unset']})" if "unset" in f.metadata else None
+        unset = f.metadata.get("unset")
+        return f"({unset() if callable(unset) else unset})" if unset else None
     if isinstance(default, (list, tuple)):
         return ",".join(default)
     return str(default)

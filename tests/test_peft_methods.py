@@ -300,7 +300,7 @@ def test_pissa_lora_plus_run_resumes_bit_for_bit(tiny_config, tmp_path, monkeypa
     cut = Trainer(tiny_config(output=str(tmp_path / "cut"), **options))
     cut.fit(stop_at_step=2)
     keys = SafetensorsFile(tmp_path / "cut" / "checkpoint" / TRAINABLE).keys()
-    assert sum(k.endswith(("pissa_A0", "pissa_B0")) for k in keys) == 8  # 2 layers × query, value
+    assert sum(k.endswith(("pissa_A0", "pissa_B0")) for k in keys) == 24  # 2 layers × 6 default targets × A0, B0
     from nanoft.peft import pissa
 
     exact = pissa.principal_factors  # the resumed run's SVD comes out different; the checkpoint's start must win

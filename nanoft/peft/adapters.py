@@ -79,6 +79,8 @@ def bottleneck_adapter(base: nn.Linear, o: BottleneckOptions, layer_name: str) -
 
 
 # Houlsby: after attention and FFN; Pfeiffer: after the FFN only, with ReLU.
-register("houlsby", BottleneckOptions, bottleneck_adapter, mergeable=False)
+# Rates not swept here: the ones bench/results/peft_sst2.md used (Houlsby et al. sweep 3e-5 to 3e-3).
+_LR_SOURCE = "not swept; the rate of bench/results/peft_sst2.md (Houlsby et al. sweep 3e-5..3e-3)"
+register("houlsby", BottleneckOptions, bottleneck_adapter, mergeable=False, lr=1e-3, lr_source=_LR_SOURCE)
 register("pfeiffer", BottleneckOptions, bottleneck_adapter, mergeable=False,
-         defaults={"non_linearity": "relu", "targets": ("ffn.output",)})
+         defaults={"non_linearity": "relu", "targets": ("ffn.output",)}, lr=1e-3, lr_source=_LR_SOURCE)

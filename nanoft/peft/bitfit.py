@@ -38,4 +38,5 @@ def bias_names(model: nn.Module, options: BitFitOptions) -> List[str]:
     return [n for n, o in zip(biases, owners) if any(matches(t, o) for t in options.targets)]
 
 
-register("bitfit", BitFitOptions, parameters=bias_names, mergeable=True)
+register("bitfit", BitFitOptions, parameters=bias_names, mergeable=True, lr=1e-3,
+         lr_source="not swept; the top of the BitFit paper's range 1e-4..1e-3 (bench/results/peft_sst2.md's rate)")

@@ -67,4 +67,5 @@ def ia3_adapter(base: nn.Linear, o: IA3Options, layer_name: str) -> IA3Adapter:
     return IA3Adapter(base, scale_input=any(matches(p, layer_name) for p in o.feedforward or ()))
 
 
-register("ia3", IA3Options, ia3_adapter, mergeable=True)
+register("ia3", IA3Options, ia3_adapter, mergeable=True, lr=3e-3,
+         lr_source="not swept; the T-Few paper's (IA3) rate 3e-3, bench/results/peft_sst2.md's too")

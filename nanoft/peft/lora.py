@@ -26,6 +26,7 @@ from torch import nn
 
 from nanoft.peft.layers import PeftLayer
 from nanoft.peft.registry import check, register
+from nanoft.peft.targets import ALL_LINEAR
 
 INITS = ("kaiming", "gaussian")
 
@@ -40,7 +41,7 @@ class LoraOptions:
     alpha: float = field(default=16.0, metadata={
         "help": "Scale numerator: the update is scaled by alpha/r (alpha/sqrt(r) under rsLoRA)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the input of the low-rank path."})
-    targets: Sequence[str] = field(default=("query", "value"), metadata={
+    targets: Sequence[str] = field(default=ALL_LINEAR, metadata={
         "patterns": True, "help": "Layers to adapt, comma-separated: name suffixes, globs or re:<regex>."})
     rslora: bool = field(default=False, metadata={
         "flag": "--rslora", "help": "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r."})
@@ -154,6 +155,13 @@ def lora_adapter(base: nn.Module, o: LoraOptions, layer_name: str) -> LoraAdapte
     return LoraAdapter(base, o.r, o.alpha, o.dropout, o.rslora, o.dora, o.init)
 
 
-# rsLoRA and DoRA are LoRA with one option switched on by default.
-for _method, _defaults in (("lora", {}), ("rslora", {"rslora": True}), ("dora", {"dora": True})):
-    register(_method, LoraOptions, lora_adapter, mergeable=True, defaults=_defaults, layers=(nn.Linear, nn.Embedding))
+# rsLoRA and DoRA are LoRA with one option switched on by default. Recipe rates (`--peft NAME` without --lr):
+# LoRA's from the sweep on SST-2, bench/results/lora_sweep.md; rsLoRA scales by alpha/sqrt(r), 2.83x
+# LoRA's alpha/r at r = 8, so its rate is LoRA's / 2.83 (the same step); DoRA keeps LoRA's (its paper does too).
+_SWEEP = "bench/results/lora_sweep.md"
+for _method, _defaults, _lr, _source in (
+        ("lora", {}, 2e-3, f"swept on SST-2, {_SWEEP}"),
+        ("rslora", {"rslora": True}, 7e-4, f"LoRA's swept rate / 2.83: the same step at r = 8, {_SWEEP}"),
+        ("dora", {"dora": True}, 2e-3, f"LoRA's swept rate, {_SWEEP}")):
+    register(_method, LoraOptions, lora_adapter, mergeable=True, defaults=_defaults, layers=(nn.Linear, nn.Embedding),
+             lr=_lr, lr_source=_source)

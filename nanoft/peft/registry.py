@@ -1,6 +1,6 @@
 """PEFT methods by name. Each method registers itself beside its own code:
 
-    register("lora", LoraOptions, factory=lora_adapter, mergeable=True, layers=(nn.Linear, nn.Embedding))
+    register("lora", LoraOptions, factory=lora_adapter, mergeable=True, layers=(nn.Linear, nn.Embedding), lr=1e-3)
 
 - `options`: a dataclass whose fields are the method's options, each default written once, with
   `metadata={"help": ...}`. The same fields become `nanoft train` flags (`--lora-r`): the flag is
@@ -11,6 +11,10 @@
   `forward(x, base)` (and `merge(base)` / `unmerge(base)` when `mergeable`).
 - `parameters(model, options) -> names`: instead of a factory, for methods that train some of the
   base model's own tensors (BitFit) rather than wrapping layers.
+- `lr`: the method's recipe learning rate, what a run with `--peft NAME` and no `--lr` trains at
+  (adapters train few, freshly initialised tensors and need a larger rate than full fine-tuning);
+  `lr_source` says where the figure comes from (a sweep's results file, a paper). Without one, a run
+  falls back to full fine-tuning's rate.
 - `prepare(model, options, layer_names) -> layer_options`: optional, called once per adapter before
   any factory call, for state shared by all its layers (VeRA's random matrices, sized to the
   largest picked layer); what it returns is what the factory receives as options.
@@ -44,6 +48,8 @@ class Method:
     layers: Tuple[type, ...] = (nn.Linear,)  # layer kinds its targets may pick
     parameters: Optional[Parameters] = None
     prepare: Optional[Prepare] = None  # shared state for all of one adapter's layers, before the factory calls
+    lr: Optional[float] = None  # the recipe learning rate (see the module docstring)
+    lr_source: str = ""  # where that rate comes from
 
     @property
     def wraps_layers(self) -> bool:
@@ -55,7 +61,8 @@ _METHODS: Dict[str, Method] = {}
 
 def register(name: str, options: type, factory: Optional[Factory] = None, *, mergeable: bool,
              defaults: Optional[Mapping[str, Any]] = None, layers: Tuple[type, ...] = (nn.Linear,),
-             parameters: Optional[Parameters] = None, prepare: Optional[Prepare] = None) -> Method:
+             parameters: Optional[Parameters] = None, prepare: Optional[Prepare] = None,
+             lr: Optional[float] = None, lr_source: str = "") -> Method:
     """Add method `name`; give exactly one of `factory` (wrap layers) and `parameters` (train base tensors)."""
     if name in _METHODS:
         raise ValueError(f"PEFT method {name!r} is already registered")
@@ -69,7 +76,10 @@ def register(name: str, options: type, factory: Optional[Factory] = None, *, mer
     unknown = set(defaults or {}) - valid
     if unknown:
         raise TypeError(f"PEFT method {name!r}: defaults for unknown options {sorted(unknown)}")
-    method = Method(name, options, factory, mergeable, dict(defaults or {}), tuple(layers), parameters, prepare)
+    if lr is not None and not lr > 0:
+        raise TypeError(f"PEFT method {name!r}: lr must be > 0, got {lr!r}")
+    method = Method(name, options, factory, mergeable, dict(defaults or {}), tuple(layers), parameters, prepare,
+                    lr, lr_source)
     _METHODS[name] = method
     return method
 

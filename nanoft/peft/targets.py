@@ -19,6 +19,11 @@ from nanoft.errors import ConfigError
 from nanoft.peft.layers import HeadSwitch, PeftLayer
 
 
+# Every linear layer of an encoder layer, by the names `select` matches: what the LoRA paper calls applying
+# LoRA to all weight matrices (LoRA's default targets, chosen by bench/results/lora_sweep.md).
+ALL_LINEAR = ("query", "key", "value", "attention.output", "ffn.intermediate", "ffn.output")
+
+
 def named_layers(model: nn.Module, kinds: Tuple[Type[nn.Module], ...] = (nn.Linear,)) -> Dict[str, nn.Module]:
     """{name: layer} for every layer of `kinds`, wrapped or not, outside the task head (it trains in
     full with `train_head`), attention cores and adapters."""

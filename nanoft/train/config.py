@@ -33,6 +33,7 @@ SECTIONS = {
     "run": "Run directory and logging",
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FULL_FINETUNING_LR = 5e-5  # BERT's rate; each PEFT method carries its own recipe rate (nanoft.peft registry)
 SAMPLERS = ("bucket", "random")
 
 
@@ -59,6 +60,26 @@ def _schedules() -> List[str]:
     from nanoft.train.schedules import SCHEDULES
 
     return list(SCHEDULES)
+
+
+def default_lr(peft_method: Optional[str]) -> float:
+    """The learning rate of a run that names none: the --peft method's recipe rate (its registry record),
+    else full fine-tuning's."""
+    if peft_method:
+        from nanoft import peft
+
+        rate = peft.get(peft_method).lr
+        if rate is not None:
+            return rate
+    return FULL_FINETUNING_LR
+
+
+def _lr_shown() -> str:
+    """--lr's default as `--help` shows it: full fine-tuning's rate and each method's recipe rate."""
+    from nanoft import peft
+
+    rates = ", ".join(f"{m} {peft.get(m).lr:g}" for m in peft.names() if peft.get(m).lr is not None)
+    return f"{FULL_FINETUNING_LR:g}; with --peft, the method's recipe rate: {rates}"
 
 
 def _optimizers() -> List[str]:
@@ -170,7 +191,8 @@ class TrainConfig:
                                                             "(e.g. 8 for tensor cores).")
     optimizer: str = _optimization("adamw", "adamw: decoupled weight decay; sgd: Nesterov momentum.",
                                    choices=_optimizers)
-    lr: float = _optimization(5e-5, "Peak learning rate (the head's, under layer-wise decay).")
+    lr: Optional[float] = _optimization(None, "Peak learning rate (the head's, under layer-wise decay).",
+                                        unset=_lr_shown)
     weight_decay: float = _optimization(0.01, "Weight decay, never on biases and LayerNorm weights.")
     momentum: float = _optimization(0.9, "SGD momentum.")
     adam_eps: float = _optimization(1e-8, "AdamW epsilon, added to the denominator for numerical stability.")
@@ -235,6 +257,12 @@ class TrainConfig:
     tensorboard: bool = _run(False, "Also write TensorBoard events (needs tensorboard installed).")
     checkpoint_every: Optional[int] = _run(None, "Also checkpoint every N steps.",
                                            unset="at each evaluation and at the end")
+
+    def __post_init__(self) -> None:
+        # lr None means "this run's default", resolved once here so that the trainer, config.toml and every
+        # caller see the same number (a --peft method's recipe rate, see default_lr)
+        if self.lr is None:
+            self.lr = default_lr(self.peft)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "TrainConfig":
