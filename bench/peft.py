@@ -173,7 +173,9 @@ def _run_in_subprocess(label: str, lrs: Dict[str, float], opts: Dict[str, Dict[s
         spec = Path(tmp) / "spec.json"
         row_file = Path(tmp) / "row.json"
         spec.write_text(json.dumps({"label": label, "lrs": lrs, "opts": opts, "run_args": run_args}))
-        done = subprocess.run([sys.executable, "-m", "nanoft.bench.peft", "--one", str(spec), str(row_file)])
+        # -P: `-m` would put the current folder first on sys.path (the repository root, if run from there)
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+        done = subprocess.run([sys.executable, *safe_path, "-m", "nanoft.bench.peft", "--one", str(spec), str(row_file)])
         if done.returncode != 0 or not row_file.is_file():
             raise RuntimeError(f"PEFT bench method {label!r} failed in its subprocess (exit {done.returncode}); "
                                "its error is printed above")

@@ -5,7 +5,8 @@
 
 `sweep`: one row per run (one seed each): method, targets, r, alpha, learning rate, the dev metric after
 each epoch and the best one, examples/s; the JSON also names, per task and method, the winner on dev.
-`seeds`: one row per experiment (the folder above seedN/): the metric's mean ± std over seeds, trainable
+`seeds`: one row per experiment (the folder above seedN/): the metric's mean ± std over seeds, the dev
+metric after each epoch (mean over seeds), trainable
 parameters, adapter file size (the run's RUN/best/adapter/adapter.safetensors, what `peft.save_adapter`
 writes), examples/s and peak memory (mean ± std), and their ratios to the `full` experiment's.
 
@@ -124,11 +125,14 @@ def seed_rows(root: Path, metric: str, baseline: str = "full") -> List[Dict[str,
         memory = mean_std_max([f["peak_memory_mb"] for f in flat])
         sizes = [s for s in (_adapter_mb(run["path"]) for run in runs) if s is not None]
         results = runs[0]["results"]
+        main = results["main_metric"]
+        curves = [[e["eval"]["dev"][main] for e in run["evals"] if "dev" in e["eval"]] for run in runs]
+        by_epoch = [round(sum(c[i] for c in curves) / len(curves), 4) for i in range(min(map(len, curves)))]
         rows.append({
             "experiment": name, "method": c.get("peft") or "full", "targets": targets_label(c),
             "lr": c["lr"], "seeds": [run["config"]["seed"] for run in runs],
             f"{metric}": _pm(score, 4), "mean": round(score["mean"], 4), "std": round(score["std"], 4),
-            "per_seed": [round(f[metric], 4) for f in flat],
+            "per_seed": [round(f[metric], 4) for f in flat], f"dev {main} by epoch (mean)": by_epoch,
             "trainable": results.get("trainable_parameters"),
             "trainable_%": round(100 * results["trainable_parameters"] / results["parameters"], 3),
             "adapter_MB": round(sum(sizes) / len(sizes), 3) if sizes else None,
@@ -172,7 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     else:
         rows = [row for root in roots for row in seed_rows(root, args.metric)]
         meta["metric"] = args.metric
-        columns = SEED_COLUMNS[:4] + (args.metric,) + SEED_COLUMNS[4:]
+        by_epoch = tuple(dict.fromkeys(k for r in rows for k in r if k.endswith("by epoch (mean)")))
+        columns = SEED_COLUMNS[:4] + (args.metric,) + by_epoch + SEED_COLUMNS[4:]
     if args.name:
         notes = Path(args.notes).read_text() if args.notes else ""
         write_results(args.name, rows, meta=meta, columns=columns, notes=notes.strip())
