@@ -73,12 +73,13 @@ PRESETS: Dict[str, Preset] = {
     # CI-sized: the test writes a tiny model and tiny sst2/cola folders
     "tiny": Preset({"sst2": TaskSpec(48, 24, 32), "cola": TaskSpec(48, 24, 32)}, seeds=2, batch_size=8, lr=1e-3,
                    description="48 train / 24 eval examples per task, max length 32, batch 8, 2 seeds"),
-    # sized for a 2-core CPU shared with other jobs: 5 tasks x 3 seeds x 2 sides in about an hour
-    # (measured: 2,000 SST-2 examples took 10.5 minutes for one seed of both sides under that load)
-    "small": Preset({"sst2": TaskSpec(400, 400), "cola": TaskSpec(400, 400), "agnews": TaskSpec(192, 300),
-                     "rte": TaskSpec(128, None), "imdb": TaskSpec(32, 64, 512, "test")},
-                    description="seeded training subsets of 400 (SST-2, CoLA), 192 (AG News), 128 (RTE) and 32 (IMDB, "
-                                "max length 512) examples, 1 epoch, batch 32, lr 5e-5; evaluation on seeded subsets of "
+    # sized for a 2-core CPU shared with other jobs: 5 tasks x 3 seeds x 2 sides in about an hour. Measured first:
+    # 2,000 SST-2 examples took 10.5 minutes for one seed of both sides under that load, and at lr 5e-5 a few hundred
+    # examples (13 steps) leave MiniLM at the majority class on both sides, so the subsets are small and the rate higher
+    "small": Preset({"sst2": TaskSpec(640, 400), "cola": TaskSpec(640, 400), "agnews": TaskSpec(256, 300),
+                     "rte": TaskSpec(160, None), "imdb": TaskSpec(64, 64, 512, "test")}, lr=2e-4,
+                    description="seeded training subsets of 640 (SST-2, CoLA), 256 (AG News), 160 (RTE) and 64 (IMDB, "
+                                "max length 512) examples, 1 epoch, batch 32, lr 2e-4; evaluation on seeded subsets of "
                                 "400 (SST-2 dev, CoLA dev), 300 (AG News dev), the full RTE dev (277) and 64 IMDB test "
                                 "reviews"),
     # the full training sets, 3 epochs: a GPU-sized run
@@ -111,6 +112,9 @@ class RunSpec:
     data_seed: int = 0  # the training subset and eval subset: the same for every seed and side
     eval_batch_size: int = 128
     force_predictions: bool = False  # skip training; score a fixed function of the input ids (tests)
+    # transformers' schedule: "nanoft" gives it nanoft's per-step factors (the same recipe step for step);
+    # "transformers" is stock get_linear_schedule_with_warmup, whose first step runs at lr 0 (see REFERENCE_SCHEDULE)
+    reference_schedule: str = "nanoft"
 
 
 # ------------------------------------------------------------------------------ shared by both sides
@@ -229,8 +233,10 @@ def run_nanoft(spec: RunSpec) -> Dict[str, Any]:
             for epoch in range(math.ceil(spec.epochs)):
                 twin.set_epoch(epoch)
                 trained += [list(trainer.train_data.ids(i)) for b in twin for i in b]
+            lr_sum = sum(trainer.scheduler.factor(k) for k in range(trainer.total_steps)) * spec.lr
             results = trainer.fit()
             metrics = score(task, objective.logits, data.labels)
+            out["lr_sum"] = lr_sum
             out["train_hash"] = multiset_hash(trained)
     out.update({"eval_hash": ordered_hash([data.ids(i) for i in range(len(data))], data.labels),
                 "metric": metrics[task.main_metric], "metrics": metrics})
@@ -321,7 +327,14 @@ def run_transformers(spec: RunSpec) -> Dict[str, Any]:
         steps_per_epoch = math.ceil(len(train_rows) / spec.batch_size)
         total = max(1, math.ceil(spec.epochs * steps_per_epoch))
         warmup = int(spec.warmup) if spec.warmup >= 1 else math.ceil(spec.warmup * total)
-        scheduler = tf.get_linear_schedule_with_warmup(optimizer, warmup, total)
+        if spec.reference_schedule == "transformers":
+            scheduler = tf.get_linear_schedule_with_warmup(optimizer, warmup, total)
+        else:
+            from nanoft.train.schedules import ScheduleConfig, factor_fn
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor_fn(ScheduleConfig(
+                name="linear", total_steps=total, warmup_steps=warmup)))
+        lr_sum = 0.0
         use_bf16 = spec.precision == "bf16"
         model.train()
         seen = tokens = pairs = step = 0
@@ -333,6 +346,7 @@ def run_transformers(spec: RunSpec) -> Dict[str, Any]:
                 if step >= total:
                     break
                 t0 = time.perf_counter()
+                lr_sum += optimizer.param_groups[0]["lr"]
                 idx = order[start:start + spec.batch_size]
                 batch = _pad([train_rows[i] for i in idx], pad_id)
                 y = torch.as_tensor(labels[idx])
@@ -354,6 +368,7 @@ def run_transformers(spec: RunSpec) -> Dict[str, Any]:
                    **{k: v for k, v in _flops(model_dir, tokens, pairs, seen, seconds, spec.precision,
                                               task.num_labels).items() if k != "train_flops"}}
         out["train_hash"] = multiset_hash(trained)
+        out["lr_sum"] = lr_sum
     # evaluation: the examples in their order, batches padded to their own longest
     evaluator = ForcedLogits(task.num_labels) if spec.force_predictions else model
     evaluator.eval()
@@ -371,6 +386,46 @@ def run_transformers(spec: RunSpec) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ driver
+REFERENCE_SCHEDULE = """Warmup: nanoft's linear warmup gives step k (from 0) the factor (k+1)/w; transformers'
+get_linear_schedule_with_warmup gives k/w, so its first optimizer step runs at lr 0 and the whole warmup lags one
+step. After warmup both decay alike to the same final step. Over a run nanoft's schedule holds exactly one peak-lr
+step more (the sum of the factors is larger by 1): 0.05% of the total at 2,000 steps, but 5-50% in runs of 2-20
+steps like the small preset's. By default the bench therefore gives transformers nanoft's factors (a LambdaLR), so
+both sides take the same lr at every step (`same_lr_schedule`); `--reference-schedule transformers` runs it stock."""
+
+
+NOTES = """How to read it: metrics in points (x100; CoLA: Matthews correlation), mean ± std over seeds per side;
+diff = nanoft - transformers with its standard error sqrt(s1²/n1 + s2²/n2) and Welch's t = diff / se. Accuracy
+target: nanoft's mean within 0.5 points of transformers' or within one standard error (a nanoft mean above counts as
+within). Speed target: examples/s ratio ≥ 2x on every task, ≥ 3x on SST-2 (fp32). ex/s, memory and FLOP/s are means
+over seeds; each side/seed ran in its own subprocess, sides interleaved per seed, on a CPU shared with other jobs, so
+absolute speeds move with the load and only the ratios within this run compare. FLOP/s: model training FLOPs of the
+real tokens per second (docs/flops.md); util: that over this process's measured fp32 matmul peak.
+
+Recipe checks, one by one (the table below says whether every run of a task agreed):
+- Training examples and truncation: `same_train_tokens` compares a hash of the multiset of token-id sequences each
+  run trained on (the same examples, tokenized and truncated alike; IMDB: head truncation at 512 on both sides).
+- Evaluation: `same_eval_examples_and_order` hashes (token ids, label) in scoring order; both sides score with
+  nanoft.metrics, and tests/test_parity.py checks that identical forced predictions get identical scores on both
+  sides' evaluation paths (padding, batching and order differ), equal to a hand computation.
+- Weight decay: `same_weight_decay_split` compares the parameter counts with and without decay. nanoft decays every
+  parameter with ≥ 2 dims whose name has no "norm"; transformers' Trainer every parameter but biases and LayerNorm:
+  both give 22,682,880 decayed and 31,106 undecayed parameters on MiniLM.
+- Head initialisation: both build the pooler from the checkpoint and draw the classifier from N(0, 0.02) with zero
+  bias; `classifier_init_std` is the measured std (same seed: the same draw on both sides).
+- Dropout: 0.1 on embeddings, attention probabilities, each sublayer output and before the classifier on both
+  (`same_dropout` compares the rates; the placement is the model parity tests' subject).
+- Loss reduction: both take the batch-mean cross-entropy and step once per batch (no accumulation), so a short last
+  batch weighs as much as a full one on both sides.
+- Optimizer: torch AdamW (fused, betas 0.9/0.999, eps 1e-8) on both; clipping at 1.0 over all parameters.
+- Schedule: `same_lr_schedule` compares the sum of the per-step learning rates (see the warmup note).
+- Batch order: transformers shuffles; nanoft buckets by length (shuffle, sort chunks of 100 batches by length, batch,
+  shuffle the batches). A training subset smaller than one chunk (3,200 examples at batch 32, as in the small
+  preset) is sorted whole, so every batch holds examples of one length. `--nanoft-sampler random` adds nanoft with
+  shuffled batches (the recipe transformers uses) to measure what bucketing costs or gains.
+"""
+
+
 def run_one(spec: RunSpec, isolate: bool = True) -> Dict[str, Any]:
     """One side/seed: in a fresh subprocess (its own peak memory) or in this process."""
     if not isolate:
@@ -443,6 +498,7 @@ def checks(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         out[task] = {"same_train_tokens": same("train_hash", rs), "same_eval_examples_and_order": same("eval_hash", rs),
                      "same_weight_decay_split": same("decay_params", rs) and same("no_decay_params", rs),
                      "same_dropout": same("dropout", rs),
+                     "same_lr_schedule": len({round(r["lr_sum"], 12) for r in rs if "lr_sum" in r}) <= 1,
                      "classifier_init_std": {side: round(float(np.mean([r["classifier_init_std"] for r in rs
                                                                          if r["side"] == side])), 4)
                                              for side in SIDES if any(r["side"] == side for r in rs)}}
@@ -455,31 +511,45 @@ COLUMNS = ["task", "precision", "nanoft_sampler", "metric", "seeds", "nanoft", "
            "accuracy_target", "speed_target"]
 
 
+def summary_rows(runs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """A row per (task, precision, nanoft sampler) present in `runs`, in the order the runs appear."""
+    keys: List[Tuple[str, str, str]] = []
+    for r in runs:
+        key = (r["task"], r["precision"], r["sampler"])
+        if r["side"] == "nanoft" and key not in keys:
+            keys.append(key)
+    return [summarise(t, p, [r for r in runs if r["task"] == t and r["precision"] == p], s) for t, p, s in keys]
+
+
 def run_parity(preset: Preset, *, tasks: Optional[Sequence[str]] = None, seeds: Optional[int] = None,
                precisions: Sequence[str] = ("fp32",), samplers: Sequence[str] = ("bucket",),
                model: Optional[str] = None, data_dir: Optional[str] = None, isolate: bool = True,
-               name: Optional[str] = "parity", out_dir: Optional[Path] = None, notes: str = "",
+               reference_schedule: str = "nanoft", sides: Sequence[str] = SIDES,
+               previous: Sequence[Dict[str, Any]] = (), name: Optional[str] = "parity", out_dir: Optional[Path] = None, notes: str = "",
                log: Any = None) -> Dict[str, Any]:
     """Run every (task, precision, side, seed); write the results after each task (a partial file survives a
-    kill). Returns {"rows": summary rows, "runs": per-run records, "checks": ...}."""
+    kill). `sides`: run only these; `previous`: runs of an earlier invocation to summarise together with these
+    (e.g. nanoft with another sampler beside an earlier run's transformers seeds).
+    Returns {"rows": summary rows, "runs": per-run records, "checks": ...}."""
     tasks = list(tasks or preset.tasks)
     for t in tasks:
         if t not in preset.tasks:
             raise ConfigError(f"task {t!r} is not in this preset", fix=f"use some of {', '.join(preset.tasks)}")
     n_seeds = seeds or preset.seeds
-    runs: List[Dict[str, Any]] = []
-    rows: List[Dict[str, Any]] = []
+    runs: List[Dict[str, Any]] = list(previous)
     out: Dict[str, Any] = {}
     for task in tasks:
         ts = preset.tasks[task]
         for precision in precisions:
-            variants = [("transformers", "-")] + [("nanoft", s) for s in samplers]
+            variants = ([("transformers", "-")] if "transformers" in sides else []) + (
+                [("nanoft", s) for s in samplers] if "nanoft" in sides else [])
             for seed in range(n_seeds):
                 for side, sampler in variants:  # sides interleaved per seed: load drifts hit both alike
                     spec = RunSpec(side=side, task=task, seed=seed, train=ts.train, eval=ts.eval,
                                    max_length=ts.max_length, eval_split=ts.eval_split, epochs=preset.epochs,
                                    batch_size=preset.batch_size, lr=preset.lr, precision=precision,
-                                   sampler=sampler if side == "nanoft" else "bucket", model=model, data_dir=data_dir)
+                                   sampler=sampler if side == "nanoft" else "bucket", model=model, data_dir=data_dir,
+                                   reference_schedule=reference_schedule)
                     start = time.perf_counter()
                     record = run_one(spec, isolate)
                     from nanoft.tasks import get_task
@@ -492,9 +562,7 @@ def run_parity(preset: Preset, *, tasks: Optional[Sequence[str]] = None, seeds: 
                         log(f"{task} {precision} {side}{'' if side != 'nanoft' else f' ({sampler})'} seed {seed}: "
                             f"{record['metric_name']} {record['metric']:.4f}, {record.get('examples_per_s', 0):.1f} ex/s, "
                             f"{record['wall_seconds']:.0f} s")
-            task_runs = [r for r in runs if r["task"] == task and r["precision"] == precision]
-            rows += [summarise(task, precision, task_runs, s) for s in samplers]
-        out = {"rows": rows, "runs": runs, "checks": checks(runs)}
+        out = {"rows": summary_rows(runs), "runs": runs, "checks": checks(runs)}
         if name:
             write(out, preset, name, out_dir, notes, n_seeds)
     return out
@@ -532,11 +600,17 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--seeds", type=int, default=None, help="seeds per side [default: the preset's]")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16")
     p.add_argument("--nanoft-sampler", default="bucket", help="comma-separated nanoft samplers: bucket, random")
+    p.add_argument("--reference-schedule", choices=["nanoft", "transformers"], default="nanoft",
+                   help="transformers' lr schedule: nanoft's per-step factors (identical recipe), or stock "
+                        "get_linear_schedule_with_warmup (first step at lr 0)")
     p.add_argument("--model", default=None, help="model directory [default: installed MiniLM]")
     p.add_argument("--data-dir", default=None, help="data folder [default: $NANOFT_DATA_DIR]")
     p.add_argument("--name", default="parity", help="result file name in --out-dir")
     p.add_argument("--out-dir", default=None, help="result folder [default: bench/results]")
     p.add_argument("--no-isolate", action="store_true", help="run every side/seed in this process (no memory column)")
+    p.add_argument("--sides", default="nanoft,transformers", help="comma-separated sides to run")
+    p.add_argument("--merge", action="store_true",
+                   help="add this invocation's runs to those already in --name's JSON and summarise them together")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -544,12 +618,34 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
         print(json.dumps((run_nanoft if spec.side == "nanoft" else run_transformers)(spec), default=float))
         return
     data_dir = args.data_dir or os.environ.get("NANOFT_DATA_DIR")
+    previous: List[Dict[str, Any]] = []
+    if args.merge:
+        path = (Path(args.out_dir) if args.out_dir else RESULTS_DIR) / f"{args.name}.json"
+        if not path.is_file():
+            raise ConfigError("nothing to merge with", path=str(path), fix="run without --merge first")
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        previous = earlier["runs"]
+        merged_from = earlier.get("merged_from", []) + [earlier["command"]]
+    else:
+        merged_from = []
     out = run_parity(PRESETS[args.preset], tasks=args.tasks.split(",") if args.tasks else None, seeds=args.seeds,
                      precisions=[s.strip() for s in args.precision.split(",")],
                      samplers=[s.strip() for s in args.nanoft_sampler.split(",")], model=args.model,
                      data_dir=data_dir, isolate=not args.no_isolate, name=args.name,
+                     reference_schedule=args.reference_schedule, previous=previous,
+                     sides=[s.strip() for s in args.sides.split(",")],
                      out_dir=Path(args.out_dir) if args.out_dir else None,
-                     log=lambda line: print(line, file=sys.stderr, flush=True))
+                     log=lambda line: print(line, file=sys.stderr, flush=True),
+                     notes=("".join(f"Runs merged from an earlier invocation: `{c}`. Rows whose runs come from "
+                                    "different invocations compare speeds measured at different times (different "
+                                    "load): read their speed-ups with care.\n\n" for c in merged_from)) + NOTES + "\n" + ("Warmup (stock transformers schedule in this run): "
+                                             if args.reference_schedule == "transformers" else "Warmup: ")
+                     + REFERENCE_SCHEDULE.split(": ", 1)[1])
+    if merged_from and args.name:
+        path = (Path(args.out_dir) if args.out_dir else RESULTS_DIR) / f"{args.name}.json"
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload["merged_from"] = merged_from
+        atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
     print(format_table(out["rows"], COLUMNS))
     print(json.dumps({"environment": environment()["cpu_features"]}))
 

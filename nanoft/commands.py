@@ -77,8 +77,8 @@ def train_and_report(config) -> str:
                  f"{results['train_seconds']:.1f} s, {results['examples_per_s']:.1f} ex/s, "
                  f"precision {results['precision']}, peak memory {results['peak_memory_mb']:.0f} MiB")
     if results.get("train_flops_per_s"):
-        lines.append(f"flops:      {results['train_flops_per_s'] / 1e9:.1f} GFLOP/s achieved (model FLOPs of the real "
-                     f"tokens)" + (f", {results['flop_utilisation']:.1%} of this CPU's {results['precision']} matmul "
+        lines.append(f"flops:      {results['train_flops_per_s'] / 1e9:.3g} GFLOP/s achieved (model FLOPs of the real "
+                     f"tokens)" + (f", {results['flop_utilisation']:.2%} of this CPU's {results['precision']} matmul "
                                    f"peak {results['peak_flops_per_s'] / 1e9:.0f} GFLOP/s"
                                    if results.get("flop_utilisation") else ""))
     lines.append(f"parameters: {results['trainable_parameters']:,} trainable of {results['parameters']:,}")

@@ -111,6 +111,7 @@ def test_bench_parity_tiny_preset_same_examples_same_eval_order(parity_data, tin
         assert len({r["train_hash"] for r in rs}) == 1 and len({r["eval_hash"] for r in rs}) == 1
         assert all(r["examples"] == 48 for r in rs)
         assert out["checks"][task]["same_weight_decay_split"] and out["checks"][task]["same_dropout"]
+        assert out["checks"][task]["same_lr_schedule"]
         for r in rs:  # reported, never asserted as speeds
             assert r["examples_per_s"] > 0 and r["train_flops_per_s"] > 0 and r["flop_utilisation"] > 0
     row = next(r for r in out["rows"] if r["task"] == "sst2")
@@ -123,6 +124,13 @@ def test_bench_parity_tiny_preset_same_examples_same_eval_order(parity_data, tin
     assert row["diff"] == pytest.approx(np.mean(ours) - np.mean(ref), abs=0.006)
     for suffix in (".md", ".json", ".csv"):
         assert (tmp_path / f"parity{suffix}").is_file()
+    # nanoft with shuffled batches added beside the same transformers seeds: the same examples, another order
+    more = run_parity(PRESETS["tiny"], tasks=["sst2"], sides=["nanoft"], samplers=["random"], previous=runs,
+                      model=str(tiny_task["model"]), data_dir=str(parity_data), isolate=False, name=None)
+    added = [r for r in more["runs"] if r["sampler"] == "random"]
+    assert len(added) == 2 and {r["train_hash"] for r in added} == {runs[0]["train_hash"]}
+    assert [(r["task"], r["nanoft_sampler"]) for r in more["rows"]] == [("sst2", "bucket"), ("cola", "bucket"),
+                                                                        ("sst2", "random")]
 
 
 def test_bench_parity_scores_forced_predictions_identically(parity_data, tiny_task):
