@@ -2,6 +2,7 @@
 
     nanoft bench parity --preset small                      # 5 tasks x 3 seeds per side (CPU-sized)
     nanoft bench parity --preset small --tasks rte,cola --seeds 5
+    nanoft bench parity --preset small --sides nanoft --nanoft-sampler random --merge   # beside the same reference
 
 For each task both sides fine-tune the same checkpoint (default: the installed MiniLM) with the same
 recipe: the same training examples (one seeded subset, shared by every seed and side) and the same
@@ -389,8 +390,8 @@ def run_transformers(spec: RunSpec) -> Dict[str, Any]:
 REFERENCE_SCHEDULE = """Warmup: nanoft's linear warmup gives step k (from 0) the factor (k+1)/w; transformers'
 get_linear_schedule_with_warmup gives k/w, so its first optimizer step runs at lr 0 and the whole warmup lags one
 step. After warmup both decay alike to the same final step. Over a run nanoft's schedule holds exactly one peak-lr
-step more (the sum of the factors is larger by 1): 0.05% of the total at 2,000 steps, but 5-50% in runs of 2-20
-steps like the small preset's. By default the bench therefore gives transformers nanoft's factors (a LambdaLR), so
+step more (over T steps the factors sum to T/2 + 1 against T/2): 0.1% more lr at 2,000 steps, but 10-100% more in
+the small preset's runs of 20 down to 2 steps. By default the bench therefore gives transformers nanoft's factors (a LambdaLR), so
 both sides take the same lr at every step (`same_lr_schedule`); `--reference-schedule transformers` runs it stock."""
 
 
