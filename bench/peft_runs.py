@@ -162,6 +162,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="seeds: the score to aggregate, as `nanoft report` names it (dev.accuracy, "
                              "test.accuracy, dev.matthews_corrcoef) [default: dev.accuracy]")
     parser.add_argument("--name", default=None, help="results file name in bench/results (none: print only)")
+    parser.add_argument("--order", default=None,
+                        help="seeds: experiment names, comma-separated, in the order the rows should take")
     parser.add_argument("--notes", default=None, help="a Markdown file whose text goes under the table")
     parser.add_argument("--meta", default=None, help="JSON object of settings to record beside the rows")
     args = parser.parse_args(argv)
@@ -175,6 +177,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         columns: Sequence[str] = SWEEP_COLUMNS
     else:
         rows = [row for root in roots for row in seed_rows(root, args.metric)]
+        if args.order:
+            order = [name.strip() for name in args.order.split(",")]
+            rows.sort(key=lambda r: order.index(r["experiment"]) if r["experiment"] in order else len(order))
         meta["metric"] = args.metric
         by_epoch = tuple(dict.fromkeys(k for r in rows for k in r if k.endswith("by epoch (mean)")))
         columns = SEED_COLUMNS[:4] + (args.metric,) + by_epoch + SEED_COLUMNS[4:]

@@ -156,12 +156,12 @@ def lora_adapter(base: nn.Module, o: LoraOptions, layer_name: str) -> LoraAdapte
 
 
 # rsLoRA and DoRA are LoRA with one option switched on by default. Recipe rates (`--peft NAME` without --lr):
-# LoRA's from the sweep on SST-2, bench/results/lora_sweep.md; rsLoRA scales by alpha/sqrt(r), 2.83x
+# LoRA's from the sweep on SST-2 and CoLA, bench/results/lora_sweep.md; rsLoRA scales by alpha/sqrt(r), 2.83x
 # LoRA's alpha/r at r = 8, so its rate is LoRA's / 2.83 (the same step); DoRA keeps LoRA's (its paper does too).
 _SWEEP = "bench/results/lora_sweep.md"
 for _method, _defaults, _lr, _source in (
-        ("lora", {}, 2e-3, f"swept on SST-2, {_SWEEP}"),
-        ("rslora", {"rslora": True}, 7e-4, f"LoRA's swept rate / 2.83: the same step at r = 8, {_SWEEP}"),
-        ("dora", {"dora": True}, 2e-3, f"LoRA's swept rate, {_SWEEP}")):
+        ("lora", {}, 1e-3, f"swept on SST-2 and CoLA, {_SWEEP}"),
+        ("rslora", {"rslora": True}, 3.5e-4, f"LoRA's swept rate / 2.83: the same step at r = 8, {_SWEEP}"),
+        ("dora", {"dora": True}, 1e-3, f"LoRA's swept rate, {_SWEEP}")):
     register(_method, LoraOptions, lora_adapter, mergeable=True, defaults=_defaults, layers=(nn.Linear, nn.Embedding),
              lr=_lr, lr_source=_source)

@@ -129,7 +129,7 @@ def pissa_adapter(base: nn.Linear, o: PissaOptions, layer_name: str) -> PissaAda
 
 # alpha = r by default (scale 1), as in the paper's experiments: A and B then carry sqrt(S_r) each.
 # Rate not swept: LoRA's recipe rate (the PiSSA paper trains PiSSA with LoRA's hyperparameters).
-register("pissa", PissaOptions, pissa_adapter, mergeable=True, defaults={"alpha": 8.0}, lr=2e-3,
+register("pissa", PissaOptions, pissa_adapter, mergeable=True, defaults={"alpha": 8.0}, lr=1e-3,
          lr_source="not swept; LoRA's recipe rate, as the PiSSA paper uses LoRA's hyperparameters")
 
 __all__ = ["PissaOptions", "PissaAdapter", "principal_factors"]
