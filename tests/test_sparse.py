@@ -14,6 +14,7 @@ import nanoft
 from nanoft import sparse
 from nanoft.errors import ConfigError
 from nanoft.models import EncoderModel
+from nanoft.weights.safetensors_io import SafetensorsFile
 from nanoft.sparse import SparsityOptions
 from nanoft.train import Trainer
 
@@ -267,6 +268,20 @@ def test_resume_with_masks_is_bit_exact(tiny_config, method):
         assert torch.equal(a[name], b[name]), name
     ma, mb = full.techniques[0].pruner.masks, resumed.techniques[0].pruner.masks
     assert ma.keys() == mb.keys() and all(torch.equal(ma[n], mb[n]) for n in ma)
+
+
+def test_best_is_never_a_model_denser_than_asked(tiny_config):
+    """Gradual pruning reaches 75% at step 7 of 8; evaluations every 2 steps. The evaluations at steps 2, 4 and 6 (less
+    sparse) may score higher, but best/ — and results' best — come only from step 8, whose masks are at the target."""
+    trainer = Trainer(sparse_config(tiny_config, "best", prune="gradual", eval_every=2, save_best=True))
+    results = trainer.fit()
+    evals = [r for r in trainer.run_dir.metrics() if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4, 6, 8]
+    assert results["best"]["step"] == 8
+    masks = SafetensorsFile(trainer.run_dir.best / "masks.safetensors")
+    pruned = sum(int((~masks.tensor(n)).sum()) for n in masks.keys())
+    total = sum(masks.tensor(n).numel() for n in masks.keys())
+    assert pruned / total == pytest.approx(0.75, abs=1e-3)
 
 
 def test_pruned_run_exports_hf_layout_with_zeros_and_honest_results(tiny_config, tmp_path):

@@ -346,7 +346,9 @@ class Trainer:
         self._log({"step": p.step, "epoch": round(p.epoch + self._epoch_progress(), 4), "eval": results})
         p.evaluated_step = p.step
         sign = 1 if self.objective.greater_is_better else -1
-        if p.best is None or sign * score > sign * p.best["score"]:
+        if not all(technique.may_be_best(self) for technique in self.techniques):
+            pass  # e.g. not yet as sparse as asked: neither best nor a bad evaluation
+        elif p.best is None or sign * score > sign * p.best["score"]:
             p.best = {"score": score, "step": p.step, "metrics": results}
             p.bad_evals = 0
             if c.save_best and self.dist.is_main:

@@ -62,6 +62,11 @@ class Technique:
         """At the end of training; may return extra results (e.g. the SWA model's metrics)."""
         return None
 
+    def may_be_best(self, trainer: TrainerView) -> bool:
+        """Whether the model as it is now may become the run's best (sparsity: not before it is as sparse as asked,
+        or `best/` would be a denser model than the run promises)."""
+        return True
+
     def export_files(self, model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
         """{file name: tensors} to save beside `model` when it is exported (sparsity: its masks)."""
         return {}

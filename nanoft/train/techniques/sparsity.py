@@ -48,6 +48,13 @@ class Sparsity(Technique):
     def after_step(self, trainer: TrainerView) -> None:
         self.pruner.after_step(trainer.step, trainer.total_steps, trainer.optimizer)
 
+    def may_be_best(self, trainer: TrainerView) -> bool:
+        """Only once the masks reach the target sparsity (gradual and movement pruning get there at --prune-end,
+        one-shot at --prune-start): an earlier, denser model never becomes `best/`."""
+        pruned = sum(int(m.numel() - m.count_nonzero()) for m in self.pruner.masks.values())
+        total = sum(m.numel() for m in self.pruner.masks.values())
+        return pruned >= self.pruner.target * total - len(self.pruner.masks)  # per-tensor rounding: one weight each
+
     def export_files(self, model: torch.nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
         """masks.safetensors for a model being exported, if its weights hold the masks' zeros (an SWA average
         of weights pruned along the way may not: then no masks are written beside it)."""
