@@ -409,8 +409,8 @@ def run(experiments: str, only: tuple, seeds: Optional[str], tasks: Optional[str
 
 @cli.command()
 @click.argument("runs_dir", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table", show_default=True,
-              help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
+              show_default=True, help="Output format (json: every statistic and each seed's value).")
 @click.option("--by-task", is_flag=True, help="One row per experiment, one column group per task: seeds, the "
                                               "task's main metric (mean ± std / max) and train seconds per run.")
 @click.option("--output", "output_file", type=click.Path(), help="Also write the report to this file.")

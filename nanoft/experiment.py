@@ -15,6 +15,7 @@ runs and aggregates per experiment: mean ± std (sample std) and max over seeds.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -146,6 +147,10 @@ def flatten(result: Dict[str, Any]) -> Dict[str, float]:
     for k, v in (result.get("swa") or {}).items():
         if isinstance(v, (int, float)):
             out[f"swa.{k}"] = float(v)
+    sparsity = result.get("sparsity") or {}
+    for k in ("pruned", "encoder_linear", "model"):  # pruned runs: sparsity counted three ways
+        if isinstance((sparsity.get(k) or {}).get("sparsity"), (int, float)):
+            out[f"sparsity.{k}"] = float(sparsity[k]["sparsity"])
     for k in ("train_seconds", "examples_per_s", "peak_memory_mb"):
         if isinstance(result.get(k), (int, float)):
             out[k] = float(result[k])
@@ -173,13 +178,21 @@ def aggregate(groups: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
 
 
 def report_text(runs_dir: str, fmt: str = "table", by_task: bool = False) -> str:
-    """The aggregated table of a runs folder as text (table, markdown or csv).
+    """The aggregated table of a runs folder as text (table, markdown, csv or json).
 
     by_task: one row per experiment and, per task, its main metric (the one `best` is chosen by)
     and the train seconds per run — the experiment × task matrix of a preset with `tasks = [...]`."""
     groups = collect(runs_dir)
     if not groups:
         return f"no results.json under {runs_dir}"
+    if fmt == "json":  # every aggregated number, plus each seed's value, for results files
+        rows = aggregate(groups)
+        for row in rows:
+            flat = [flatten(r) for r in groups[row["experiment"]]]
+            for key, stats in row.items():
+                if isinstance(stats, dict):
+                    stats["values"] = [f[key] for f in flat if key in f]
+        return json.dumps({"runs_dir": runs_dir, "experiments": rows}, indent=1)
     header, body = _task_matrix(groups, fmt == "csv") if by_task else _metric_rows(aggregate(groups), fmt == "csv")
     return render_table(header, body, fmt)
 

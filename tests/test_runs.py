@@ -55,7 +55,8 @@ def test_report_mean_std_max(tmp_path):
         d.mkdir(parents=True)
         (d / "results.json").write_text(json.dumps({
             "best": {"metrics": {"dev": {"accuracy": acc, "loss": 1.0}}}, "train_seconds": 10.0 * (i + 1),
-            "examples_per_s": 100.0}))
+            "examples_per_s": 100.0,
+            "sparsity": {"pruned": {"sparsity": 0.8}, "encoder_linear": {"sparsity": 0.8}, "model": {"sparsity": acc / 2}}}))
     stats = mean_std_max(accs)
     assert stats["mean"] == pytest.approx(0.7) and stats["std"] == pytest.approx(0.2) and stats["max"] == 0.9
     text = report_text(str(tmp_path / "runs"), "markdown")
@@ -64,6 +65,11 @@ def test_report_mean_std_max(tmp_path):
     header, row = csv_text.splitlines()
     values = dict(zip(header.split(","), row.split(",")))
     assert float(values["dev.accuracy_mean"]) == pytest.approx(0.7) and values["seeds"] == "3"
+    data = json.loads(report_text(str(tmp_path / "runs"), "json"))
+    (row,) = data["experiments"]
+    assert row["seeds"] == 3 and sorted(row["dev.accuracy"]["values"]) == accs
+    assert row["sparsity.pruned"]["mean"] == pytest.approx(0.8)
+    assert row["sparsity.model"]["mean"] == pytest.approx(0.35) and row["sparsity.model"]["std"] == pytest.approx(0.1)
 
 
 DDP_SCRIPT = """
