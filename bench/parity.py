@@ -83,6 +83,10 @@ PRESETS: Dict[str, Preset] = {
                                 "max length 512) examples, 1 epoch, batch 32, lr 2e-4; evaluation on seeded subsets of "
                                 "400 (SST-2 dev, CoLA dev), 300 (AG News dev), the full RTE dev (277) and 64 IMDB test "
                                 "reviews"),
+    # the recipe (AdamW 5e-5, batch 32, 1 epoch) on one task at a size where MiniLM learns (63 steps)
+    "sst2-2k": Preset({"sst2": TaskSpec(2000, None)},
+                      description="SST-2: a seeded 2,000-example training subset, 1 epoch, batch 32, lr 5e-5; the full "
+                                  "dev set (872)"),
     # the full training sets, 3 epochs: a GPU-sized run
     "full": Preset({"sst2": TaskSpec(None, None), "cola": TaskSpec(None, None), "rte": TaskSpec(None, None),
                     "agnews": TaskSpec(None, None), "imdb": TaskSpec(None, None, 512, "test")}, epochs=3.0,
