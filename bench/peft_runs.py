@@ -148,7 +148,7 @@ def seed_rows(root: Path, metric: str, baseline: str = "full") -> List[Dict[str,
     return rows
 
 
-SEED_COLUMNS = ("experiment", "method", "targets", "lr", "Δ_vs_full_points", "trainable", "trainable_%",
+SEED_COLUMNS = ("experiment", "method", "targets", "lr", "seeds", "Δ_vs_full_points", "trainable", "trainable_%",
                 "adapter_MB", "examples_per_s", "speed_vs_full", "peak_memory_MB", "memory_vs_full")
 SWEEP_COLUMNS = ("task", "method", "targets", "r", "alpha", "lr", "epochs", "train_subset", "dev_by_epoch",
                  "dev_best", "trainable")
@@ -182,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             rows.sort(key=lambda r: order.index(r["experiment"]) if r["experiment"] in order else len(order))
         meta["metric"] = args.metric
         by_epoch = tuple(dict.fromkeys(k for r in rows for k in r if k.endswith("by epoch (mean)")))
-        columns = SEED_COLUMNS[:4] + (args.metric,) + by_epoch + SEED_COLUMNS[4:]
+        columns = SEED_COLUMNS[:5] + (args.metric,) + by_epoch + SEED_COLUMNS[5:]
     if args.name:
         notes = Path(args.notes).read_text() if args.notes else ""
         write_results(args.name, rows, meta=meta, columns=columns, notes=notes.strip())

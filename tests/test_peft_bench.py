@@ -27,13 +27,13 @@ def test_learning_rate_overrides():
 
 @pytest.mark.slow
 def test_isolated_rows_have_their_own_peak_memory_and_exact_counts(data_dir, tmp_path):
+    # query+value, the layout this memory gap was calibrated on: with the default (every linear layer) the
+    # measured gap fell within the allocator's noise (bench/results/peft_sst2_seeds.md)
     rows = run_peft_bench("sst2", ["full", "lora-r4"], data_dir=str(data_dir), max_steps=2, train_subset=64,
-                          batch_size=8, precision="fp32", write=False)
+                          batch_size=8, precision="fp32", write=False, options={"lora": {"targets": ["query", "value"]}})
     full, lora = rows
     head = 384 * 384 + 384 + 384 * 2 + 2  # MiniLM pooler-style dense + output layer
-    # LoRA's default targets are every linear layer: A (r, in) and B (out, r) of query, key, value and the
-    # attention output (384 -> 384), the FFN's intermediate (384 -> 1536) and output (1536 -> 384); 6 layers, r = 4
-    assert lora["trainable"] == 6 * 4 * (4 * (384 + 384) + 2 * (384 + 1536)) + head
+    assert lora["trainable"] == 2 * 6 * 2 * 4 * 384 + head  # A and B of query and value, 6 layers, r = 4
     assert full["trainable"] == 22_713_986
     # full fine-tuning adds fp32 gradients (87 MiB) and two AdamW moments for 22.7M parameters; RSS peaks
     # depend on the allocator (measured +149 to +270 MiB), so assert a clear share of the gradients alone
