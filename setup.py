@@ -5,7 +5,16 @@ The top-level folders `weights/`, `tasks/`, `kernels/` and `bench/` are mapped i
 The package list is found from the tree (every folder with an __init__.py), so a new subpackage
 cannot be left out of the wheel.
 """
+import os
+import sys
+
 from setuptools import find_packages, setup
+
+# The source tree's top-level `kernels/`, `weights/`, `tasks/`, `bench/` must never be importable by those bare names:
+# setuptools puts this folder on sys.path, and an installed distribution whose build hooks live in a real top-level
+# `kernels` package (Hugging Face's `kernels`, which transformers >= 5.25 requires) would import ours instead and fail.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 PARTS = ["weights", "tasks", "kernels", "bench"]
 
