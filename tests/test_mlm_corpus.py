@@ -128,8 +128,10 @@ def test_stream_cache_is_read_back_and_invalidated(minilm_dir, tmp_path):
     assert not rebuilt.from_cache and np.array_equal(rebuilt.input_ids, fresh.input_ids)
 
 
-def test_changed_corpus_file_invalidates_the_cache(tiny_task, tmp_path):
+def test_changed_corpus_file_invalidates_the_cache(tiny_task, tmp_path, monkeypatch):
     from nanoft.train.mlm import MaskedLM
+
+    monkeypatch.setenv("NANOFT_CACHE_DIR", str(tmp_path / "cache"))  # this test's own cache: other tests pack this corpus too
 
     corpus = write_corpus(tmp_path / "corpus.txt", tiny_words(tiny_task))
     config = pretrain_config(tiny_task, tmp_path, text_file=str(corpus)).validate()
