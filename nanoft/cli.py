@@ -133,20 +133,13 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def _key_value(flag: str, item: str) -> Tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"{flag} {item!r} is not KEY=VALUE", fix=f"e.g. {flag} window=128")
+    from nanoft.train.config import parse_scalar
+
     key, raw = item.split("=", 1)
-    return key.strip(), _parse_value(raw.strip())
+    return key.strip(), parse_scalar(raw.strip())
 
 
 def _list_item(flag: str, text: str, kind: type) -> Any:

@@ -267,27 +267,18 @@ def glue_report(models: Sequence[str], output_root: str = "runs/glue", seeds: Se
             "failed": failed, "rows": lines}
 
 
-def _value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def parse_options(items: Sequence[str]) -> Dict[str, Any]:
     """--option KEY=VALUE items as TrainConfig values (numbers and true/false parsed); unknown keys rejected."""
     import dataclasses
 
-    from nanoft.train.config import TrainConfig
+    from nanoft.train.config import TrainConfig, parse_scalar
 
     values: Dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--option {item!r} is not KEY=VALUE", fix="e.g. --option warmup=0.1")
         key, raw = (x.strip() for x in item.split("=", 1))
-        values[key] = _value(raw)
+        values[key] = parse_scalar(raw)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in values:
         if key not in names or key in ("task", "model", "seed", "output"):

@@ -154,10 +154,12 @@ def test_cubic_schedule_hand_computed_values():
     assert sparse.cubic_sparsity(2, 0.3, 0.9, 0, 4, 1) == pytest.approx(0.9 - 0.6 / 8)
 
 
-def test_gradual_sparsity_at_each_step_equals_the_formula():
+@pytest.mark.parametrize("method", ["gradual", "movement"])
+def test_gradual_sparsity_at_each_step_equals_the_formula(method):
+    """Gradual magnitude and movement pruning share the cubic schedule; the zeros are exactly the masked weights."""
     model = tiny_model()
-    pruner = sparse.build("gradual", model, SparsityOptions(sparsity=0.8, sparsity_initial=0.1, prune_start=2,
-                                                             prune_end=10, prune_every=2))
+    pruner = sparse.build(method, model, SparsityOptions(sparsity=0.8, sparsity_initial=0.1, prune_start=2,
+                                                         prune_end=10, prune_every=2))
     pruner.setup()
     expected = {1: 0.0, 2: 0.1, 3: 0.1, 4: 0.8 - 0.7 * 0.75 ** 3, 6: 0.8 - 0.7 * 0.5 ** 3, 8: 0.8 - 0.7 * 0.25 ** 3,
                 9: 0.8 - 0.7 * 0.25 ** 3, 10: 0.8, 12: 0.8}
@@ -166,6 +168,7 @@ def test_gradual_sparsity_at_each_step_equals_the_formula():
         if step in expected:
             for name, w in pruner.weights.items():
                 assert zeros(w) == round(expected[step] * w.numel()), (step, name)
+                assert torch.equal(w == 0, ~pruner.masks[name]), (step, name)
 
     train_steps(model, pruner, 12, 12, record=check)
 
@@ -413,22 +416,6 @@ def test_movement_prunes_weights_moving_toward_zero_first_even_when_large():
     magnitude = sparse.magnitude_masks({"w": torch.tensor([[1.9, 1.5, 0.5, -0.4]])}, 0.5, "uniform")
     assert magnitude["w"].tolist() == [[True, True, False, False]]
 
-
-def test_movement_sparsity_at_each_step_equals_the_cubic_formula():
-    model = tiny_model()
-    pruner = sparse.build("movement", model, SparsityOptions(sparsity=0.8, sparsity_initial=0.1, prune_start=2,
-                                                              prune_end=10, prune_every=2))
-    pruner.setup()
-    expected = {1: 0.0, 2: 0.1, 3: 0.1, 4: 0.8 - 0.7 * 0.75 ** 3, 6: 0.8 - 0.7 * 0.5 ** 3, 8: 0.8 - 0.7 * 0.25 ** 3,
-                9: 0.8 - 0.7 * 0.25 ** 3, 10: 0.8, 12: 0.8}
-
-    def check(step, optimizer):
-        if step in expected:
-            for name, w in pruner.weights.items():
-                assert zeros(w) == round(expected[step] * w.numel()), (step, name)
-                assert torch.equal(w == 0, ~pruner.masks[name]), (step, name)
-
-    train_steps(model, pruner, 12, 12, record=check)
 
 
 # ------------------------------------------------------------------ continued sparse training from saved masks

@@ -62,6 +62,16 @@ def _schedules() -> List[str]:
     return list(SCHEDULES)
 
 
+def parse_scalar(text: str) -> Any:
+    """A KEY=VALUE option's value as typed: int, float, true/false, else the string itself."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
 def default_lr(peft_method: Optional[str]) -> float:
     """The learning rate of a run that names none: the --peft method's recipe rate (its registry record),
     else full fine-tuning's."""
