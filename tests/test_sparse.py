@@ -417,7 +417,6 @@ def test_movement_prunes_weights_moving_toward_zero_first_even_when_large():
     assert magnitude["w"].tolist() == [[True, True, False, False]]
 
 
-
 # ------------------------------------------------------------------ continued sparse training from saved masks
 def test_continued_training_from_saved_masks_keeps_exactly_the_same_zeros(tiny_config):
     first = Trainer(sparse_config(tiny_config, "masks-a", prune="magnitude", sparsity=0.75, max_steps=4))
