@@ -371,12 +371,15 @@ def test_cli_run_survives_repeated_sigkill(tiny_config, tiny_task, tmp_path):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
         metrics = run / "metrics.jsonl"
         start_lines = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+        # kill after a random number (1-4) of new log lines plus a random fraction of a step: counted in steps,
+        # not seconds, so a fast machine cannot finish the 48 steps before the fifth kill
+        target = start_lines + rng.randint(1, 4)
         deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:  # wait until it is training
-            if metrics.is_file() and len(metrics.read_text().splitlines()) > start_lines:
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= target:
                 break
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.4))
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.05))
         if proc.poll() is not None:
             pytest.fail(f"the run ended before kill {kills + 1}: make it longer")
         proc.send_signal(signal.SIGKILL)
