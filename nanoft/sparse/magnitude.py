@@ -16,7 +16,7 @@ from typing import Dict, Optional
 
 import torch
 
-from nanoft.sparse.base import Pruner, magnitude_masks, window
+from nanoft.sparse.base import Pruner, magnitude_masks, score_masks, window
 
 
 def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int, every: int) -> float:
@@ -60,7 +60,11 @@ class GradualMagnitude(Pruner):
         if wanted <= self.applied:
             return None
         self.applied = wanted
-        return magnitude_masks(self.weights, wanted, self.options.sparsity_distribution, self.masks)
+        return score_masks(self.ranking(), wanted, self.options.sparsity_distribution, self.masks)
+
+    def ranking(self) -> Dict[str, torch.Tensor]:
+        """What each weight is kept by, highest first: its magnitude (movement pruning: its movement score)."""
+        return {n: w.detach().abs().float() for n, w in self.weights.items()}
 
     def state_dict(self):
         return {**super().state_dict(), "applied": self.applied}

@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from nanoft.errors import CheckpointError
-from nanoft.sparse.base import score_masks, window
+from nanoft.sparse.base import window
 from nanoft.sparse.magnitude import GradualMagnitude
 
 
@@ -45,11 +45,10 @@ class MovementPruning(GradualMagnitude):
                     if w.grad is not None:  # a frozen layer (gradual unfreezing) does not move
                         self.scores[name].sub_(w.detach().float() * w.grad.float())
             return None
-        wanted = self.schedule(step, total_steps)
-        if wanted <= self.applied:
-            return None
-        self.applied = wanted
-        return score_masks(self.scores, wanted, self.options.sparsity_distribution, self.masks)
+        return super().update_masks(step, total_steps, grads)  # the cubic schedule, ranked by `ranking`
+
+    def ranking(self) -> Dict[str, torch.Tensor]:
+        return self.scores
 
     def state_dict(self) -> Dict[str, Any]:
         return {**super().state_dict(), "scores": {n: s.cpu().clone() for n, s in self.scores.items()}}
