@@ -18,6 +18,20 @@ from torch import nn
 from nanoft.errors import ConfigError
 
 
+class WeightDelta(nn.Module):
+    """An adapter whose whole update is an additive weight `delta_weight()` (PiSSA, VeRA): merging adds it to
+    the base weight, unmerging subtracts it."""
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def merge(self, base: nn.Linear) -> None:
+        base.weight.add_(self.delta_weight().to(base.weight.dtype))
+
+    def unmerge(self, base: nn.Linear) -> None:
+        base.weight.sub_(self.delta_weight().to(base.weight.dtype))
+
+
 class PeftLayer(nn.Module):
     """`base` (nn.Linear or nn.Embedding) plus named adapters; the active one is applied."""
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nanoft.peft.layers import WeightDelta
 from nanoft.peft.lora import LoraOptions
 from nanoft.peft.registry import check, register
 
@@ -78,7 +79,7 @@ def principal_factors(weight: torch.Tensor, r: int, scale: float, niter: int = 0
     return (root[:, None] * vh).contiguous(), (u * root[None, :]).contiguous()
 
 
-class PissaAdapter(nn.Module):
+class PissaAdapter(WeightDelta):
     """Trainable A, B started at the principal part of `base.weight`; A0, B0 frozen copies of that start."""
 
     def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
@@ -112,12 +113,6 @@ class PissaAdapter(nn.Module):
         new = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
         old = F.linear(F.linear(x, self.pissa_A0), self.pissa_B0)  # W_res x = W x − s·B0·A0·x: no dropout here
         return out + ((new - old) * self.scale).to(out.dtype)
-
-    def merge(self, base: nn.Linear) -> None:
-        base.weight.add_(self.delta_weight().to(base.weight.dtype))
-
-    def unmerge(self, base: nn.Linear) -> None:
-        base.weight.sub_(self.delta_weight().to(base.weight.dtype))
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scale={self.scale:.4g}"

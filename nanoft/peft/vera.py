@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nanoft.peft.layers import PeftLayer
+from nanoft.peft.layers import PeftLayer, WeightDelta
 from nanoft.peft.registry import check, register
 
 
@@ -69,7 +69,7 @@ class VeraLayers:
     shared: VeraShared
 
 
-class VeraAdapter(nn.Module):
+class VeraAdapter(WeightDelta):
     """Trainable vectors d (r) and b (out) on one nn.Linear; the random matrices come from `shared`."""
 
     def __init__(self, base: nn.Linear, shared: VeraShared, d_init: float = 0.1, dropout: float = 0.0) -> None:
@@ -99,12 +99,6 @@ class VeraAdapter(nn.Module):
         h = F.linear(self.dropout(x), a.to(x.dtype)) * self.vera_lambda_d.to(x.dtype)  # (..., r)
         h = F.linear(h, b.to(h.dtype)) * self.vera_lambda_b.to(h.dtype)  # (..., out)
         return out + h.to(out.dtype)
-
-    def merge(self, base: nn.Linear) -> None:
-        base.weight.add_(self.delta_weight().to(base.weight.dtype))
-
-    def unmerge(self, base: nn.Linear) -> None:
-        base.weight.sub_(self.delta_weight().to(base.weight.dtype))
 
     def extra_repr(self) -> str:
         return f"r={self.vera_lambda_d.numel()}, in={self.n_in}, out={self.n_out}"
