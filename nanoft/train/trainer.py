@@ -66,10 +66,9 @@ class Progress:
         types = {"step": int, "epoch": int, "bad_evals": int, "history_lines": int, "train_seconds": float,
                  "examples_seen": int, "tokens_seen": int}
         values = {key: statefile.expect(state, key, kind, where) for key, kind in types.items()}
-        if "evaluated_step" in state:  # absent from checkpoints written before it was kept
-            values["evaluated_step"] = statefile.expect(state, "evaluated_step", int, where)
-        if "token_pairs_seen" in state:  # likewise
-            values["token_pairs_seen"] = statefile.expect(state, "token_pairs_seen", int, where)
+        for key in ("evaluated_step", "token_pairs_seen"):  # absent from checkpoints written before they were kept
+            if key in state:
+                values[key] = statefile.expect(state, key, int, where)
         best = state.get("best")
         if best is not None and not (isinstance(best, dict) and isinstance(best.get("score"), (int, float))):
             raise NanoftError("trainer state 'best' is malformed", path=where)
@@ -219,8 +218,9 @@ class Trainer:
             loss_sum += loss.item() * len(mine)
             p.examples_seen += len(mine)
             lengths = batch["attention_mask"].sum(-1)
-            p.tokens_seen += int(lengths.sum())
-            p.token_pairs_seen += int((lengths * lengths).sum())
+            tokens, token_pairs = torch.stack([lengths.sum(), (lengths * lengths).sum()]).tolist()  # one host read
+            p.tokens_seen += int(tokens)
+            p.token_pairs_seen += int(token_pairs)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [q for q in self.model.parameters() if q.grad is not None]
