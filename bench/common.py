@@ -7,13 +7,16 @@ in the README can always be traced back and reproduced.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 import torch
 
@@ -98,6 +101,24 @@ def format_table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]
                  markdown: bool = False) -> str:
     """Rows of dicts as an aligned text table (or a Markdown table), numbers right-aligned."""
     return format_rows(rows, columns, "markdown" if markdown else "table")
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def compare(ours: Sequence[float], reference: Sequence[float]) -> Dict[str, Optional[float]]:
+    """Difference of means (ours - reference), its standard error, Welch's t and its degrees of freedom."""
+    (m1, s1), (m2, s2) = mean_std(ours), mean_std(reference)
+    v1, v2 = s1 ** 2 / len(ours), s2 ** 2 / len(reference)
+    se = math.sqrt(v1 + v2)
+    diff = m1 - m2
+    t = diff / se if se > 0 else None
+    df = ((v1 + v2) ** 2 / (v1 ** 2 / max(1, len(ours) - 1) + v2 ** 2 / max(1, len(reference) - 1))
+          if v1 + v2 > 0 else None)
+    return {"diff": diff, "se": se, "welch_t": t, "welch_df": df}
 
 
 def write_results(name: str, rows: Sequence[Dict[str, Any]], *, meta: Optional[Dict[str, Any]] = None,

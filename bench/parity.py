@@ -42,10 +42,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from nanoft.bench.common import RESULTS_DIR, environment, format_table, write_results
-from nanoft.errors import ConfigError
+from nanoft.bench.common import RESULTS_DIR, compare, environment, format_table, mean_std, write_results
+from nanoft.errors import ConfigError, NanoftError
 from nanoft.io import atomic_write_text
 from nanoft.tables import format_rows
+from nanoft.tasks import resolve_data_dir
 
 SIDES = ("nanoft", "transformers")
 
@@ -58,6 +59,7 @@ class TaskSpec:
     eval: Optional[int]
     max_length: int = 128
     eval_split: str = "dev"
+    epochs: Optional[float] = None  # None: the preset's
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,14 @@ PRESETS: Dict[str, Preset] = {
     "sst2-2k": Preset({"sst2": TaskSpec(2000, None)},
                       description="SST-2: a seeded 2,000-example training subset, 1 epoch, batch 32, lr 5e-5; the full "
                                   "dev set (872)"),
+    # sized for a quiet 2-core CPU: 5 tasks x 3 seeds x 2 sides in about an hour, every task large enough to learn
+    # at the issue's recipe (lr 5e-5, batch 32): RTE (2,490 pairs) gets 2 epochs, every other task 1
+    "medium": Preset({"sst2": TaskSpec(8000, None), "cola": TaskSpec(None, None), "agnews": TaskSpec(4000, 2000),
+                      "rte": TaskSpec(None, None, epochs=2.0), "imdb": TaskSpec(960, None, 512, "test")},
+                     description="seeded training subsets of 8,000 (SST-2), 4,000 (AG News) and 960 (IMDB, max length "
+                                 "512) examples, the full CoLA and RTE training sets; 1 epoch (RTE: 2), batch 32, lr "
+                                 "5e-5; evaluation on the full SST-2, CoLA and RTE dev sets, a seeded 2,000-example "
+                                 "subset of AG News test and the 400 IMDB test reviews"),
     # the full training sets, 3 epochs: a GPU-sized run
     "full": Preset({"sst2": TaskSpec(None, None), "cola": TaskSpec(None, None), "rte": TaskSpec(None, None),
                     "agnews": TaskSpec(None, None), "imdb": TaskSpec(None, None, 512, "test")}, epochs=3.0,
@@ -439,26 +449,12 @@ def run_one(spec: RunSpec, isolate: bool = True) -> Dict[str, Any]:
     # transformers would import as a package; see DESIGN.md)
     cmd = [sys.executable, "-P", "-m", "nanoft.bench.parity", "--worker", json.dumps(dataclasses.asdict(spec))]
     result = subprocess.run(cmd, capture_output=True, text=True)
+    last = (result.stdout.strip().splitlines() or ["{}"])[-1]
+    if result.returncode == 2 and last.startswith('{"user_error"'):  # the worker's NanoftError, one line
+        raise NanoftError(json.loads(last)["user_error"])
     if result.returncode != 0:
         raise RuntimeError(f"{spec.side} {spec.task} seed {spec.seed} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def _stats(values: Sequence[float]) -> Tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
-
-
-def compare(nanoft: Sequence[float], reference: Sequence[float]) -> Dict[str, Optional[float]]:
-    """Difference of means (nanoft - reference), its standard error, Welch's t and its degrees of freedom."""
-    (m1, s1), (m2, s2) = _stats(nanoft), _stats(reference)
-    v1, v2 = s1 ** 2 / len(nanoft), s2 ** 2 / len(reference)
-    se = math.sqrt(v1 + v2)
-    diff = m1 - m2
-    t = diff / se if se > 0 else None
-    df = ((v1 + v2) ** 2 / (v1 ** 2 / max(1, len(nanoft) - 1) + v2 ** 2 / max(1, len(reference) - 1))
-          if v1 + v2 > 0 else None)
-    return {"diff": diff, "se": se, "welch_t": t, "welch_df": df}
 
 
 def summarise(task: str, precision: str, runs: Sequence[Dict[str, Any]], variant: str = "bucket") -> Dict[str, Any]:
@@ -468,8 +464,8 @@ def summarise(task: str, precision: str, runs: Sequence[Dict[str, Any]], variant
     scale = 100.0  # metrics in points
     row: Dict[str, Any] = {"task": task, "precision": precision, "nanoft_sampler": variant,
                            "metric": ours[0]["metric_name"] if ours else None, "seeds": f"{len(ours)}/{len(ref)}"}
-    m1, s1 = _stats([r["metric"] * scale for r in ours])
-    m2, s2 = _stats([r["metric"] * scale for r in ref])
+    m1, s1 = mean_std([r["metric"] * scale for r in ours])
+    m2, s2 = mean_std([r["metric"] * scale for r in ref])
     c = compare([r["metric"] * scale for r in ours], [r["metric"] * scale for r in ref])
     row.update({"nanoft": f"{m1:.2f} ± {s1:.2f}", "transformers": f"{m2:.2f} ± {s2:.2f}",
                 "diff": round(c["diff"], 2), "se": round(c["se"], 2),
@@ -551,7 +547,7 @@ def run_parity(preset: Preset, *, tasks: Optional[Sequence[str]] = None, seeds: 
             for seed in range(n_seeds):
                 for side, sampler in variants:  # sides interleaved per seed: load drifts hit both alike
                     spec = RunSpec(side=side, task=task, seed=seed, train=ts.train, eval=ts.eval,
-                                   max_length=ts.max_length, eval_split=ts.eval_split, epochs=preset.epochs,
+                                   max_length=ts.max_length, eval_split=ts.eval_split, epochs=ts.epochs or preset.epochs,
                                    batch_size=preset.batch_size, lr=preset.lr, precision=precision,
                                    sampler=sampler if side == "nanoft" else "bucket", model=model, data_dir=data_dir,
                                    reference_schedule=reference_schedule)
@@ -575,7 +571,9 @@ def run_parity(preset: Preset, *, tasks: Optional[Sequence[str]] = None, seeds: 
 
 def write(out: Dict[str, Any], preset: Preset, name: str, out_dir: Optional[Path], notes: str, seeds: int) -> None:
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
-    meta = {"preset": preset.description, "seeds per side": seeds, "epochs": preset.epochs,
+    epochs = {t: ts.epochs or preset.epochs for t, ts in preset.tasks.items()}
+    meta = {"preset": preset.description, "seeds per side": seeds,
+            "epochs": preset.epochs if len(set(epochs.values())) == 1 else ", ".join(f"{t} {e:g}" for t, e in epochs.items()),
             "batch size": preset.batch_size, "lr": preset.lr,
             "recipe": "AdamW (fused, eps 1e-8, weight decay 0.01 except biases/LayerNorm), linear schedule with "
                       "6% warmup, clipping 1.0; nanoft: Trainer, length-bucketed batches unless the sampler column "
@@ -620,9 +618,13 @@ def cli(argv: Optional[Sequence[str]] = None) -> None:
     args = p.parse_args(argv)
     if args.worker:
         spec = RunSpec(**json.loads(args.worker))
-        print(json.dumps((run_nanoft if spec.side == "nanoft" else run_transformers)(spec), default=float))
+        try:
+            print(json.dumps((run_nanoft if spec.side == "nanoft" else run_transformers)(spec), default=float))
+        except NanoftError as e:
+            print(json.dumps({"user_error": str(e)}))
+            sys.exit(2)
         return
-    data_dir = args.data_dir or os.environ.get("NANOFT_DATA_DIR")
+    data_dir = str(resolve_data_dir(args.data_dir))  # no data: one line now, not a failed worker later
     previous: List[Dict[str, Any]] = []
     if args.merge:
         path = (Path(args.out_dir) if args.out_dir else RESULTS_DIR) / f"{args.name}.json"

@@ -494,6 +494,7 @@ BENCHES = {
     "unpad": ("nanoft.bench.unpad", "main", "Unpadded vs padded encoder: training examples/s on the same batches."),
     "peft-runs": ("nanoft.bench.peft_runs", "main", "PEFT tables from `nanoft run` folders: sweep winners; mean ± std over seeds, size, speed, memory."),
     "parity": ("nanoft.bench.parity", "cli", "Accuracy (seeds, Welch's t) and speed vs transformers on every shared task."),
+    "tapt": ("nanoft.bench.tapt", "main", "Task-adaptive masked-LM pretraining: perplexity before/after, fine-tuning with vs without, seeds."),
 }
 
 

@@ -169,3 +169,27 @@ def tiny_config(tiny_task, tmp_path):
         return TrainConfig(**values)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def glue_like_data(tmp_path_factory):
+    """sst2/ and cola/ folders of tiny sentences (label 1 iff a positive word) in the shared data's columns, for
+    the tiny model's vocabulary: what task-level benchmarks (parity, TAPT) run on in tests."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("glue-like-data")
+
+    def rows(n):
+        out = []
+        for i in range(n):
+            words = list(rng.choice(WORDS[6:], size=int(rng.integers(2, 12))))
+            words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(WORDS[:3] if i % 2 else WORDS[3:6])))
+            out.append(f"{' '.join(words)}\t{i % 2}")
+        return out
+
+    for task in ("sst2", "cola"):
+        (root / task).mkdir()
+        for split, n in (("train", 64), ("dev", 40)):
+            (root / task / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows(n)) + "\n", encoding="utf-8")
+    return root

@@ -71,35 +71,10 @@ def test_trainer_results_report_flops(tiny_config):
 
 
 # ------------------------------------------------------------------------------ bench parity, tiny preset
-# the tiny model's vocabulary (tests/conftest.py): three positive words, three negative, fillers
-WORDS = ["good", "great", "fine", "bad", "awful", "poor", "the", "movie", "was", "plot", "acting", "very",
-         "not", "really", "a", "an", "film", "story", "so", "quite"]
-
-@pytest.fixture(scope="module")
-def parity_data(tmp_path_factory):
-    """sst2/ and cola/ folders of the tiny sentences (label 1 iff a positive word), in the shared data's columns."""
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("parity-data")
-
-    def rows(n):
-        out = []
-        for i in range(n):
-            words = list(rng.choice(WORDS[6:], size=int(rng.integers(2, 12))))
-            words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(WORDS[:3] if i % 2 else WORDS[3:6])))
-            out.append(f"{' '.join(words)}\t{i % 2}")
-        return out
-
-    for task in ("sst2", "cola"):
-        (root / task).mkdir()
-        for split, n in (("train", 64), ("dev", 40)):
-            (root / task / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows(n)) + "\n", encoding="utf-8")
-    return root
-
-
-def test_bench_parity_tiny_preset_same_examples_same_eval_order(parity_data, tiny_task, tmp_path):
+def test_bench_parity_tiny_preset_same_examples_same_eval_order(glue_like_data, tiny_task, tmp_path):
     from nanoft.bench.parity import PRESETS, run_parity
 
-    out = run_parity(PRESETS["tiny"], model=str(tiny_task["model"]), data_dir=str(parity_data), isolate=False,
+    out = run_parity(PRESETS["tiny"], model=str(tiny_task["model"]), data_dir=str(glue_like_data), isolate=False,
                      out_dir=tmp_path)
     runs = out["runs"]
     assert len(runs) == 2 * 2 * 2  # tasks x sides x seeds
@@ -126,21 +101,21 @@ def test_bench_parity_tiny_preset_same_examples_same_eval_order(parity_data, tin
         assert (tmp_path / f"parity{suffix}").is_file()
     # nanoft with shuffled batches added beside the same transformers seeds: the same examples, another order
     more = run_parity(PRESETS["tiny"], tasks=["sst2"], sides=["nanoft"], samplers=["random"], previous=runs,
-                      model=str(tiny_task["model"]), data_dir=str(parity_data), isolate=False, name=None)
+                      model=str(tiny_task["model"]), data_dir=str(glue_like_data), isolate=False, name=None)
     added = [r for r in more["runs"] if r["sampler"] == "random"]
     assert len(added) == 2 and {r["train_hash"] for r in added} == {runs[0]["train_hash"]}
     assert [(r["task"], r["nanoft_sampler"]) for r in more["rows"]] == [("sst2", "bucket"), ("cola", "bucket"),
                                                                         ("sst2", "random")]
 
 
-def test_bench_parity_scores_forced_predictions_identically(parity_data, tiny_task):
+def test_bench_parity_scores_forced_predictions_identically(glue_like_data, tiny_task):
     """Both sides score the same fixed predictions; the scores equal a hand computation on the dev file."""
     from nanoft.bench.parity import PRESETS, RunSpec, forced_prediction, run_one
     import transformers as tf
 
     tok = tf.AutoTokenizer.from_pretrained(str(tiny_task["model"]))
     ts = PRESETS["tiny"].tasks["cola"]
-    lines = (parity_data / "cola" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    lines = (glue_like_data / "cola" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
     order = np.sort(np.random.default_rng([0, 1]).permutation(len(lines))[:ts.eval])  # the bench's eval subset
     texts = [lines[i].split("\t")[0] for i in order]
     labels = np.array([int(lines[i].split("\t")[1]) for i in order])
@@ -152,7 +127,7 @@ def test_bench_parity_scores_forced_predictions_identically(parity_data, tiny_ta
     for side in ("nanoft", "transformers"):
         spec = RunSpec(side=side, task="cola", seed=0, train=ts.train, eval=ts.eval, max_length=ts.max_length,
                        eval_split="dev", epochs=1, batch_size=8, lr=1e-3, model=str(tiny_task["model"]),
-                       data_dir=str(parity_data), eval_batch_size=7, force_predictions=True)
+                       data_dir=str(glue_like_data), eval_batch_size=7, force_predictions=True)
         scores[side] = run_one(spec, isolate=False)["metrics"]
     for side in scores:
         assert scores[side]["accuracy"] == pytest.approx((tp + tn) / len(labels), abs=1e-12)

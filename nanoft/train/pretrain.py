@@ -218,24 +218,37 @@ def evaluate_text(model_dir: Optional[str], text_file: str, max_length: int = 12
                   document_mask: bool = False) -> Dict[str, float]:
     """Masked-LM loss and perplexity of a checkpoint (a model directory or a run's best/) on a text file, with
     the same fixed seeded mask a pretraining run evaluates with: `nanoft eval --objective mlm`."""
-    from nanoft.train import distributed
     from nanoft.train.corpus import read_documents
-    from nanoft.train.mlm import MaskedLM
-    from nanoft.weights import load_model, load_tokenizer
 
+    return evaluate_documents(model_dir, read_documents(text_file, text_column), None, max_length, batch_size,
+                              mask_rate, eval_mask_seed, whole_word, device, document_mask, source=text_file)
+
+
+def evaluate_documents(model_dir: Optional[str], texts: List[str], pairs: Optional[List[str]] = None,
+                       max_length: int = 128, batch_size: int = 128, mask_rate: float = 0.15, eval_mask_seed: int = 0,
+                       whole_word: bool = False, device: Optional[str] = None, document_mask: bool = False,
+                       source: str = "corpus") -> Dict[str, float]:
+    """`evaluate_text` on documents in memory (e.g. a task's held-out texts: before and after continued
+    pretraining, the same blocks under the same mask). A checkpoint without a masked-LM head (a sentence
+    encoder) gets one drawn from `eval_mask_seed`, so its perplexity is reproducible too."""
+    from nanoft.train import distributed
+    from nanoft.train.mlm import MaskedLM
     from nanoft.train.rundir import RunDir
+    from nanoft.weights import load_model, load_tokenizer
 
     if model_dir is not None and RunDir(model_dir).is_run():
         model_dir = str(RunDir(model_dir).model_dir())
     tokenizer = load_tokenizer(model_dir)
     objective = MaskedLM(mask_rate, whole_word, eval_mask_seed, document_mask)
     objective.prepare(tokenizer, eval_mask_seed)
-    model = load_model(model_dir, head="masked-lm", max_length=max_length)
+    with torch.random.fork_rng(devices=[]):  # a missing head's init: seeded, without touching the caller's RNG
+        torch.manual_seed(eval_mask_seed)
+        model = load_model(model_dir, head="masked-lm", max_length=max_length)
     check_vocabulary(tokenizer, model)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    data = pack(tokenizer, read_documents(text_file, text_column), max_length, source=text_file)
+    data = pack(tokenizer, texts, max_length, pairs=pairs, source=source)
     return objective.evaluate(model.to(dev), data, tokenizer.pad_token_id, batch_size, torch.device(dev), "fp32",
                               distributed.DistInfo())
 
 
-__all__ = ["PretrainConfig", "evaluate_text", "build_pretraining", "pretrain", "new_model", "check_vocabulary"]
+__all__ = ["PretrainConfig", "evaluate_text", "evaluate_documents", "build_pretraining", "pretrain", "new_model", "check_vocabulary"]
