@@ -132,3 +132,25 @@ def test_bench_parity_scores_forced_predictions_identically(glue_like_data, tiny
     for side in scores:
         assert scores[side]["accuracy"] == pytest.approx((tp + tn) / len(labels), abs=1e-12)
         assert scores[side]["matthews_corrcoef"] == pytest.approx(mcc, abs=1e-12)
+
+
+def test_bench_parity_merge_replaces_a_rerun_of_the_same_run(glue_like_data, tiny_task):
+    """--merge: a run of the same task, precision, side, sampler and seed replaces the earlier one (a task rerun
+    with a changed spec must not be averaged with the runs it replaces); other runs are kept."""
+    from dataclasses import replace
+
+    from nanoft.bench.parity import PRESETS, run_parity
+
+    tiny = PRESETS["tiny"]
+    first = run_parity(tiny, tasks=["sst2", "cola"], sides=["nanoft"], model=str(tiny_task["model"]),
+                       data_dir=str(glue_like_data), isolate=False, name=None)["runs"]
+    cola_again = replace(tiny, tasks={**tiny.tasks, "cola": replace(tiny.tasks["cola"], lr=3e-3)})
+    merged = run_parity(cola_again, tasks=["cola"], sides=["nanoft"], previous=first, model=str(tiny_task["model"]),
+                        data_dir=str(glue_like_data), isolate=False, name=None)["runs"]
+    assert len(merged) == len(first) == 4
+    assert [r["lr"] for r in merged if r["task"] == "cola"] == [3e-3, 3e-3]
+    assert [r for r in merged if r["task"] == "sst2"] == [r for r in first if r["task"] == "sst2"]
+    # one side alone is summarised without a comparison, not divided by zero
+    row = next(r for r in run_parity(tiny, tasks=["cola"], sides=["nanoft"], model=str(tiny_task["model"]),
+                                     data_dir=str(glue_like_data), isolate=False, name=None)["rows"])
+    assert row["transformers"] == "-" and row["diff"] is None and row["accuracy_target"] is None
