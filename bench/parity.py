@@ -99,8 +99,8 @@ PRESETS: Dict[str, Preset] = {
                       "imdb": TaskSpec(960, None, 512, "test", lr=1e-4)},
                      description="seeded training subsets of 8,000 (SST-2), 4,000 (AG News) and 960 (IMDB, max length "
                                  "512) examples, the full CoLA and RTE training sets; batch 32, 1 epoch at lr 5e-5 "
-                                 "except CoLA (2 epochs, lr 1e-4), RTE (2 epochs) and IMDB (lr 1e-4); evaluation on the "
-                                 "full SST-2, CoLA and RTE dev sets, the AG News dev split (1,000: a seeded 10% of "
+                                 "except CoLA (2 epochs, lr 1e-4), RTE (2 epochs) and IMDB (lr 1e-4); evaluation on "
+                                 "the full SST-2, CoLA and RTE dev sets, the AG News dev split (1,000: a seeded 10% of "
                                  "train.tsv, never trained on) and the 400 IMDB test reviews"),
     # the full training sets, 3 epochs: a GPU-sized run
     "full": Preset({"sst2": TaskSpec(None, None), "cola": TaskSpec(None, None), "rte": TaskSpec(None, None),
@@ -561,7 +561,8 @@ def run_parity(preset: Preset, *, tasks: Optional[Sequence[str]] = None, seeds: 
             for seed in range(n_seeds):
                 for side, sampler in variants:  # sides interleaved per seed: load drifts hit both alike
                     spec = RunSpec(side=side, task=task, seed=seed, train=ts.train, eval=ts.eval,
-                                   max_length=ts.max_length, eval_split=ts.eval_split, epochs=ts.epochs or preset.epochs,
+                                   max_length=ts.max_length, eval_split=ts.eval_split,
+                                   epochs=ts.epochs or preset.epochs,
                                    batch_size=preset.batch_size, lr=ts.lr or preset.lr, precision=precision,
                                    sampler=sampler if side == "nanoft" else "bucket", model=model, data_dir=data_dir,
                                    reference_schedule=reference_schedule)

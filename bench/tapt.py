@@ -92,7 +92,7 @@ def run_task(task_name: str, args: argparse.Namespace, log: Callable[[str], None
     c = compare(scores["tapt"], scores["base"])
     (mb, sb), (mt, st) = mean_std(scores["base"]), mean_std(scores["tapt"])
     t = c["welch_t"]
-    verdict = ("no difference beyond noise (|t| < 2)" if t is None or abs(t) < 2
+    verdict = ("no difference beyond noise (Welch t within ±2)" if t is None or abs(t) < 2
                else "TAPT better" if t > 0 else "TAPT worse")
     row = {"task": task.name, "pretrain_steps": pre["steps"],
            "pretrain_tokens": pre["steps"] * args.batch_size * args.block,
@@ -129,7 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
-        raise ConfigError(f"--seeds {args.seeds!r} is not a comma-separated list of integers", fix="e.g. --seeds 1,2,3") from None
+        raise ConfigError(f"--seeds {args.seeds!r} is not a comma-separated list of integers",
+                          fix="e.g. --seeds 1,2,3") from None
     if args.pretrain_steps < 1:
         raise ConfigError(f"--pretrain-steps must be ≥ 1, got {args.pretrain_steps}")
     args.data_dir = str(resolve_data_dir(args.data_dir))
@@ -145,11 +146,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if args.name:  # written after each task: a partial file survives a kill
             meta = {"model": args.model or "installed MiniLM-L6-H384", "masked-LM": f"{args.pretrain_steps} steps, "
                     f"batch {args.batch_size} x {args.block}-token packed blocks, lr {args.pretrain_lr}, mask rate "
-                    f"{args.mask_rate}, linear schedule, precision {args.precision}; perplexity on the task's held-out texts "
-                    f"with one fixed seeded mask (before and after: the same blocks, the same masked positions)",
+                    f"{args.mask_rate}, linear schedule, precision {args.precision}; perplexity (in fp32) on the "
+                    f"task's held-out texts with one fixed seeded mask (before and after: the same blocks, the same "
+                    f"masked positions)",
                     "fine-tuning": f"{args.train_subset} training examples (a seeded subset), {args.epochs:g} epochs, "
                                    f"batch {args.batch_size}, lr {args.lr}, max length {args.max_length} (IMDB 512), "
-                                   f"precision {args.precision}; evaluation in fp32",
+                                   f"precision {args.precision}",
                     "seeds": args.seeds}
             paths = write_results(args.name, rows, meta=meta, columns=COLUMNS,
                                   out_dir=Path(args.out_dir) if args.out_dir else RESULTS_DIR, notes=NOTES)

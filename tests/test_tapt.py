@@ -32,7 +32,8 @@ def test_bench_tapt_perplexity_arms_and_reuse(tiny_task, glue_like_data, tmp_pat
     # the two arms start from different checkpoints, every seed in both
     for r in runs:
         config = tomllib.loads((tmp_path / "runs" / "sst2" / r["arm"] / f"seed{r['seed']}" / "config.toml").read_text())
-        expected = str(tmp_path / "runs" / "sst2" / "pretrain" / "best") if r["arm"] == "tapt" else str(tiny_task["model"])
+        tapt_model = tmp_path / "runs" / "sst2" / "pretrain" / "best"
+        expected = str(tapt_model) if r["arm"] == "tapt" else str(tiny_task["model"])
         assert config["model"] == expected
     assert sorted((r["arm"], r["seed"]) for r in runs) == [("base", 1), ("base", 2), ("tapt", 1), ("tapt", 2)]
     base = [100 * r["accuracy"] for r in runs if r["arm"] == "base"]

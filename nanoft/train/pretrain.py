@@ -251,4 +251,5 @@ def evaluate_documents(model_dir: Optional[str], texts: List[str], pairs: Option
                               distributed.DistInfo())
 
 
-__all__ = ["PretrainConfig", "evaluate_text", "evaluate_documents", "build_pretraining", "pretrain", "new_model", "check_vocabulary"]
+__all__ = ["PretrainConfig", "evaluate_text", "evaluate_documents", "build_pretraining", "pretrain", "new_model",
+           "check_vocabulary"]
