@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 
 import torch
 
+from nanoft.experiment import mean_std_max
 from nanoft.io import atomic_write_text
 from nanoft.tables import format_rows
 from nanoft.train.precision import cpu_flags
@@ -104,9 +104,9 @@ def format_table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    """Mean and sample standard deviation (0 for one value), as `nanoft report` aggregates seeds."""
+    stats = mean_std_max([float(v) for v in values])
+    return stats["mean"], stats["std"]
 
 
 def compare(ours: Sequence[float], reference: Sequence[float]) -> Dict[str, Optional[float]]:

@@ -459,7 +459,7 @@ def run_one(spec: RunSpec, isolate: bool = True) -> Dict[str, Any]:
         raise NanoftError(json.loads(last)["user_error"])
     if result.returncode != 0:
         raise RuntimeError(f"{spec.side} {spec.task} seed {spec.seed} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(last)
 
 
 def summarise(task: str, precision: str, runs: Sequence[Dict[str, Any]], variant: str = "bucket") -> Dict[str, Any]:

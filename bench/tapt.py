@@ -10,7 +10,8 @@ For each task:
 3. the perplexity again: the same blocks under the same mask;
 4. fine-tuning from the checkpoint and from the TAPT model, --seeds each, one recipe: the task metric's mean ± std
    per arm, the difference (TAPT - base), its standard error and Welch's t.
-Runs land in --runs-dir/TASK/{pretrain,base/seedK,tapt/seedK}; a finished run is reused, so a rerun continues.
+Runs land in --runs-dir/TASK/{pretrain,base/seedK,tapt/seedK}; a finished run is reused and a killed one resumes
+from its checkpoint, so a rerun continues.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def score(results: Dict[str, Any], metric: str) -> tuple:
 
 def run_task(task_name: str, args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
     """Perplexity before, TAPT, perplexity after, fine-tuning both arms: one table row plus every run's score."""
+    from nanoft.experiment import resuming
     from nanoft.tasks import get_task
     from nanoft.train import TrainConfig, Trainer
     from nanoft.train.corpus import load_corpus
@@ -67,7 +69,7 @@ def run_task(task_name: str, args: argparse.Namespace, log: Callable[[str], None
                                   source=f"{task.name} held-out texts")["perplexity"]
 
     before = perplexity(base_model)
-    pre = finished(root / "pretrain") or pretrain(pcfg.replace(overwrite=True), progress=not args.quiet)
+    pre = finished(root / "pretrain") or pretrain(resuming(pcfg), progress=not args.quiet)
     tapt_model = str(root / "pretrain" / "best")
     after = perplexity(tapt_model)
     log(f"{task.name}: perplexity {before:.2f} -> {after:.2f} after {pre['steps']} masked-LM steps "
@@ -82,8 +84,8 @@ def run_task(task_name: str, args: argparse.Namespace, log: Callable[[str], None
             config = TrainConfig(task=task.name, data_dir=args.data_dir, model=model, seed=seed,
                                  train_subset=args.train_subset, epochs=args.epochs, lr=args.lr,
                                  batch_size=args.batch_size, max_length=MAX_LENGTH.get(task.name, args.max_length),
-                                 precision=args.precision, output=str(out), overwrite=True, quiet=True)
-            results = finished(out) or Trainer(config, progress=not args.quiet).fit()
+                                 precision=args.precision, output=str(out), quiet=True)
+            results = finished(out) or Trainer(resuming(config), progress=not args.quiet).fit()
             split, value = score(results, task.main_metric)
             scores[arm].append(100 * value)
             runs.append({"task": task.name, "arm": arm, "seed": seed, "split": split, task.main_metric: value,

@@ -79,6 +79,13 @@ def plan(path: str, only: Optional[List[str]] = None, seeds: Optional[List[int]]
     return root, runs
 
 
+def resuming(config: Any) -> Any:
+    """The config that (re)starts the run in `config.output`: resumed from its checkpoint when one is there (a
+    killed run continues), else started afresh over whatever partial folder is left."""
+    resume = RunDir(config.output).has_checkpoint()
+    return config.replace(resume=resume, overwrite=not resume)
+
+
 def run_experiments(path: str, only: Optional[List[str]] = None, seeds: Optional[List[int]] = None,
                     output_root: Optional[str] = None, tasks: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run the plan; returns {"done", "skipped", "failed", "table"}. Failures do not stop the rest."""
@@ -94,9 +101,8 @@ def run_experiments(path: str, only: Optional[List[str]] = None, seeds: Optional
             log.warning("%s: finished already, skipped", tag)
             continue
         log.warning("%s: running → %s", tag, out)
-        resume = RunDir(out).has_checkpoint()
         try:
-            Trainer(run["config"].replace(resume=resume, overwrite=not resume)).fit()
+            Trainer(resuming(run["config"])).fit()
             done.append(tag)
         except TrainingInterrupted as e:  # Ctrl-C / SIGTERM stops the whole sequence, not just this run
             raise TrainingInterrupted(f"{tag}: {e.message}", path=e.path,

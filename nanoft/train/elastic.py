@@ -80,11 +80,13 @@ def restarted_here(run_dir: RunDir, run_id: str) -> bool:
     return launch is not None and launch.get("run_id") == run_id
 
 
-def wait_for_lock(run_dir: RunDir, timeout: Optional[float] = None) -> None:
-    """Wait (up to `timeout`, default LOCK_WAIT_S) until no live process holds the run's lock."""
+def wait_for_lock(run_dir: RunDir, timeout: Optional[float] = None) -> bool:
+    """Wait (up to `timeout`, default LOCK_WAIT_S) until no live process holds the run's lock: True once it is
+    free, False if the time ran out first (the caller's open then says who holds it)."""
     deadline = time.monotonic() + (LOCK_WAIT_S if timeout is None else timeout)
     while run_dir.lock_holder() is not None and time.monotonic() < deadline:
         time.sleep(0.5)
+    return run_dir.lock_holder() is None
 
 
 def fingerprint(run_dir: RunDir) -> Optional[str]:
