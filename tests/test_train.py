@@ -125,6 +125,26 @@ def test_resume_is_bit_for_bit(tiny_config, tmp_path):
     assert strip(log_a) == strip(log_b)
 
 
+def test_interrupt_on_an_epochs_last_step_resumes_with_its_evaluation(tiny_config, tmp_path):
+    """A stop on the last step of an epoch saves before that epoch's evaluation; the resumed run evaluates it
+    once (at that step) and the log and weights equal the uninterrupted run's."""
+    full = Trainer(tiny_config(output=str(tmp_path / "full"), epochs=3))
+    full.fit()
+    per_epoch = full.total_steps // 3
+    cut = Trainer(tiny_config(output=str(tmp_path / "cut"), epochs=3))
+    assert cut.fit(stop_at_step=per_epoch) == {"stopped_at": per_epoch}
+    before = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert not any("eval" in json.loads(line) for line in before)  # the epoch's evaluation had not run
+    Trainer(tiny_config(output=str(tmp_path / "cut"), epochs=3, resume=True)).fit()
+    log_a = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "examples_per_s"} for l in lines]
+    assert strip(log_a) == strip(log_b)
+    assert sum(1 for r in strip(log_b) if "eval" in r and r["step"] == per_epoch) == 1
+    a, b = state(full.model), state(Trainer(tiny_config(output=str(tmp_path / "cut"), epochs=3, resume=True)).model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_sigint_saves_and_cli_resumes(tiny_config, tmp_path):
     """The real CLI: SIGINT mid-run saves a checkpoint and exits non-zero; --resume continues from that
     step (it does not retrain from step 0) and ends with the uninterrupted run's metrics log and weights."""
@@ -165,7 +185,12 @@ def test_sigint_saves_and_cli_resumes(tiny_config, tmp_path):
     appended = [json.loads(line) for line in after[len(before):]]
     train_appended = [r for r in appended if "loss" in r]
     assert [r["step"] for r in train_appended] == list(range(stopped + 1, total + 1))
-    assert all(r["step"] > stopped for r in appended)
+    # Nothing before `stopped` is redone. The one record allowed at `stopped` itself is the epoch-end evaluation
+    # when the signal landed on an epoch's last step: the checkpoint was saved before that evaluation ran.
+    steps_per_epoch = total // 12
+    at_stop = [r for r in appended if r["step"] <= stopped]
+    assert all(r["step"] == stopped and "eval" in r and "loss" not in r for r in at_stop)
+    assert len(at_stop) == (1 if stopped % steps_per_epoch == 0 else 0)
 
     # The whole log equals the uninterrupted run's, record for record. Excluded: examples_per_s only, a
     # wall-clock throughput (examples / seconds of training) that differs between any two runs; every other
