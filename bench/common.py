@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from nanoft.experiment import mean_std_max
+from nanoft.experiment import difference, mean_std_max
 from nanoft.io import atomic_write_text
 from nanoft.tables import format_rows
 from nanoft.train.precision import cpu_flags
@@ -111,14 +111,7 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
 
 def compare(ours: Sequence[float], reference: Sequence[float]) -> Dict[str, Optional[float]]:
     """Difference of means (ours - reference), its standard error, Welch's t and its degrees of freedom."""
-    (m1, s1), (m2, s2) = mean_std(ours), mean_std(reference)
-    v1, v2 = s1 ** 2 / len(ours), s2 ** 2 / len(reference)
-    se = math.sqrt(v1 + v2)
-    diff = m1 - m2
-    t = diff / se if se > 0 else None
-    df = ((v1 + v2) ** 2 / (v1 ** 2 / max(1, len(ours) - 1) + v2 ** 2 / max(1, len(reference) - 1))
-          if v1 + v2 > 0 else None)
-    return {"diff": diff, "se": se, "welch_t": t, "welch_df": df}
+    return difference([float(v) for v in ours], [float(v) for v in reference])
 
 
 def write_results(name: str, rows: Sequence[Dict[str, Any]], *, meta: Optional[Dict[str, Any]] = None,

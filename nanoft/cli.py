@@ -406,12 +406,15 @@ def run(experiments: str, only: tuple, seeds: Optional[str], tasks: Optional[str
               show_default=True, help="Output format (json: every statistic and each seed's value).")
 @click.option("--by-task", is_flag=True, help="One row per experiment, one column group per task: seeds, the "
                                               "task's main metric (mean ± std / max) and train seconds per run.")
+@click.option("--compare", metavar="METRIC", help="Instead of the table, every pair of experiments on this "
+              "metric (e.g. test.accuracy): difference of seed means, its standard error, Welch's t, and whether "
+              "the difference exceeds two standard errors.")
 @click.option("--output", "output_file", type=click.Path(), help="Also write the report to this file.")
-def report(runs_dir: str, fmt: str, by_task: bool, output_file: Optional[str]) -> None:
+def report(runs_dir: str, fmt: str, by_task: bool, compare: Optional[str], output_file: Optional[str]) -> None:
     """Aggregate runs: mean ± std and max over seeds of every metric, time and throughput."""
     from nanoft.experiment import report_text
 
-    text = report_text(runs_dir, fmt, by_task=by_task)
+    text = report_text(runs_dir, fmt, by_task=by_task, compare=compare)
     if output_file:
         from nanoft.io import atomic_write_text
 

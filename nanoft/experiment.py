@@ -170,6 +170,37 @@ def mean_std_max(values: List[float]) -> Dict[str, float]:
     return {"mean": mean, "std": std, "max": max(values), "n": n}
 
 
+def difference(a: List[float], b: List[float]) -> Dict[str, Optional[float]]:
+    """Mean of a minus mean of b, its standard error sqrt(s_a²/n_a + s_b²/n_b), Welch's t = diff / se and
+    Welch-Satterthwaite degrees of freedom (t and df are None when both samples have no spread)."""
+    sa, sb = mean_std_max(list(a)), mean_std_max(list(b))
+    va, vb = sa["std"] ** 2 / sa["n"], sb["std"] ** 2 / sb["n"]
+    se = math.sqrt(va + vb)
+    diff = sa["mean"] - sb["mean"]
+    df = ((va + vb) ** 2 / (va ** 2 / max(1, sa["n"] - 1) + vb ** 2 / max(1, sb["n"] - 1))) if va + vb > 0 else None
+    return {"diff": diff, "se": se, "welch_t": diff / se if se > 0 else None, "welch_df": df}
+
+
+def comparisons(groups: Dict[str, List[Dict[str, Any]]], metric: str) -> List[Dict[str, Any]]:
+    """Every pair of experiments on `metric` (a `flatten` key such as test.accuracy): the difference of the
+    seed means with its standard error, Welch's t, and whether |diff| exceeds two standard errors — the
+    test a table of a few seeds per row needs before it says one row beats another."""
+    values = {name: [f[metric] for f in map(flatten, results) if metric in f] for name, results in groups.items()}
+    missing = [name for name, v in values.items() if not v]
+    if len(missing) == len(values):
+        known = sorted({k for results in groups.values() for r in results for k in flatten(r)})
+        raise ConfigError(f"no run has the metric {metric!r}", fix=f"compare one of: {', '.join(known)}")
+    names = [name for name in values if values[name]]
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            d = difference(values[a], values[b])
+            rows.append({"a": a, "b": b, "n_a": len(values[a]), "n_b": len(values[b]),
+                         "mean_a": mean_std_max(values[a])["mean"], "mean_b": mean_std_max(values[b])["mean"],
+                         **d, "exceeds_2se": d["se"] > 0 and abs(d["diff"]) > 2 * d["se"]})
+    return rows
+
+
 def aggregate(groups: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     rows = []
     for name, results in groups.items():
@@ -183,14 +214,20 @@ def aggregate(groups: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     return rows
 
 
-def report_text(runs_dir: str, fmt: str = "table", by_task: bool = False) -> str:
+def report_text(runs_dir: str, fmt: str = "table", by_task: bool = False, compare: Optional[str] = None) -> str:
     """The aggregated table of a runs folder as text (table, markdown, csv or json).
 
     by_task: one row per experiment and, per task, its main metric (the one `best` is chosen by)
-    and the train seconds per run — the experiment × task matrix of a preset with `tasks = [...]`."""
+    and the train seconds per run — the experiment × task matrix of a preset with `tasks = [...]`.
+    compare: instead, every pair of experiments on this metric (`comparisons`)."""
     groups = collect(runs_dir)
     if not groups:
         return f"no results.json under {runs_dir}"
+    if compare:
+        rows = comparisons(groups, compare)
+        if fmt == "json":
+            return json.dumps({"runs_dir": runs_dir, "metric": compare, "comparisons": rows}, indent=1)
+        return render_table(*_comparison_rows(rows, compare, fmt == "csv"), fmt)
     if fmt == "json":  # every aggregated number, plus each seed's value, for results files
         rows = aggregate(groups)
         for row in rows:
@@ -204,6 +241,18 @@ def report_text(runs_dir: str, fmt: str = "table", by_task: bool = False) -> str
 
 
 _COST_KEYS = ("train_seconds", "examples_per_s", "peak_memory_mb")
+
+
+def _comparison_rows(rows: List[Dict[str, Any]], metric: str, csv_cells: bool) -> Tuple[List[str], List[List[str]]]:
+    """One line per pair: a, b, their means, a - b ± se, Welch's t, and '> 2 SE' where it holds."""
+    header = ["a", "b", "n_a", "n_b", f"{metric} a", f"{metric} b", "a - b", "se", "welch_t", "|a - b| > 2 se"]
+    body = []
+    for r in rows:
+        t = "" if r["welch_t"] is None else (f"{r['welch_t']:.6g}" if csv_cells else f"{r['welch_t']:.2f}")
+        numbers = [f"{r[k]:.6g}" if csv_cells else f"{r[k]:.4f}" for k in ("mean_a", "mean_b", "diff", "se")]
+        body.append([r["a"], r["b"], str(r["n_a"]), str(r["n_b"]), *numbers, t,
+                     ("yes" if r["exceeds_2se"] else "no")])
+    return header, body
 
 
 def _cells(stats: Optional[Dict[str, float]], csv_cells: bool, digits: int) -> List[str]:

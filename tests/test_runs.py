@@ -176,3 +176,32 @@ def test_report_by_task_is_an_experiment_by_task_matrix(tmp_path):
     cells = [c.strip() for c in base.strip("|").split("|")]
     assert cells == ["base", "2", "0.3000 ± 0.1414 / 0.4000", "15", "2", "0.6000 ± 0.1414 / 0.7000", "15"]
     assert [c.strip() for c in llrd.strip("|").split("|")][4:] == ["0", "-", "-"]  # llrd never ran on rte
+
+
+def test_report_compare_states_which_differences_exceed_two_standard_errors(tmp_path):
+    """Hand-computed: a = (0.80, 0.82, 0.84) mean 0.82 std 0.02; b = (0.70, 0.74, 0.78) mean 0.74 std 0.04;
+    c = (0.81, 0.83) mean 0.82 std 0.01414. a - b = 0.08, se = sqrt(0.02²/3 + 0.04²/3) = 0.025820 (t 3.098 > 2:
+    exceeds); a - c = 0, se = sqrt(0.02²/3 + 0.01414²/2) = 0.015275 (does not)."""
+    from nanoft.errors import ConfigError
+    from nanoft.experiment import collect, comparisons
+
+    scores = {"a": [0.80, 0.82, 0.84], "b": [0.70, 0.74, 0.78], "c": [0.81, 0.83]}
+    for name, values in scores.items():
+        for seed, acc in enumerate(values, 1):
+            d = tmp_path / "runs" / "imdb" / name / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps({"test": {"accuracy": acc, "loss": 0.3}}))
+    rows = {(r["a"], r["b"]): r for r in comparisons(collect(str(tmp_path / "runs")), "test.accuracy")}
+    assert set(rows) == {("imdb/a", "imdb/b"), ("imdb/a", "imdb/c"), ("imdb/b", "imdb/c")}
+    ab, ac = rows[("imdb/a", "imdb/b")], rows[("imdb/a", "imdb/c")]
+    assert ab["diff"] == pytest.approx(0.08) and ab["se"] == pytest.approx(0.025820, abs=1e-6)
+    assert ab["welch_t"] == pytest.approx(3.0984, abs=1e-4) and ab["exceeds_2se"]
+    # Welch-Satterthwaite df: (v1 + v2)² / (v1²/2 + v2²/2), v1 = 0.0004/3, v2 = 0.0016/3  -> 2.9412
+    assert ab["welch_df"] == pytest.approx(2.9412, abs=1e-4)
+    assert ac["diff"] == pytest.approx(0.0, abs=1e-12) and ac["se"] == pytest.approx(0.015275, abs=1e-6)
+    assert not ac["exceeds_2se"]
+    text = report_text(str(tmp_path / "runs"), "markdown", compare="test.accuracy")
+    line = next(l for l in text.splitlines() if "imdb/a" in l and "imdb/b" in l)
+    assert [c.strip() for c in line.strip("|").split("|")][6:] == ["0.0800", "0.0258", "3.10", "yes"]
+    with pytest.raises(ConfigError, match="no run has the metric 'dev.accuracy'.*test.accuracy"):
+        comparisons(collect(str(tmp_path / "runs")), "dev.accuracy")
