@@ -497,6 +497,7 @@ BENCHES = {
     "unpad": ("nanoft.bench.unpad", "main", "Unpadded vs padded encoder: training examples/s on the same batches."),
     "peft-runs": ("nanoft.bench.peft_runs", "main", "PEFT tables from `nanoft run` folders: sweep winners; mean ± std over seeds, size, speed, memory."),
     "parity": ("nanoft.bench.parity", "cli", "Accuracy (seeds, Welch's t) and speed vs transformers on every shared task."),
+    "convert": ("nanoft.bench.convert", "main", "How far each converted attention kind starts from the checkpoint: per-layer error, [CLS] cosine."),
     "tapt": ("nanoft.bench.tapt", "main", "Task-adaptive masked-LM pretraining: perplexity before/after, fine-tuning with vs without, seeds."),
 }
 
