@@ -13,18 +13,20 @@ Per kind: the relative error ||h - h_ref|| / ||h_ref|| of every layer's output (
 layer's is the headline), and the cosine between the converted and the reference [CLS] vectors of the last
 layer (mean and minimum over texts). A `full` row at the same `--max-length` checks the setup itself: it
 must be exact up to float rounding. Random kinds (Performer features, BigBird's random blocks) draw from
-`--seed`.
+`--seed`. `--transfer-steps N` adds, for kinds with parameters of their own (Linformer), a second row after
+N batches of attention transfer (`nanoft.train.transfer`) on other texts of the task than the measured ones.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from nanoft.bench.common import format_table, write_results
 from nanoft.errors import ConfigError
+from nanoft.train.transfer import attention_transfer, transfer_parameters
 
 DEFAULT_KINDS = ("full", "linformer:k=128", "linformer:k=256", "linformer:k=512", "performer:num_features=256",
                  "longformer:window=256", "bigbird")
@@ -76,25 +78,47 @@ def fidelity(reference: List[List[torch.Tensor]], converted: List[List[torch.Ten
             "cls_cosine_mean": float(np.mean(cosines)), "cls_cosine_min": float(np.min(cosines))}
 
 
-def pick_texts(texts: Sequence[str], tokenizer: Any, count: int, limit: int, seed: int) -> List[List[int]]:
-    """`count` token-id lists (seeded order) of texts that fit `limit` tokens untruncated."""
+def pick_texts(texts: Sequence[str], tokenizer: Any, count: int, limit: int,
+               seed: int) -> Tuple[List[List[int]], set]:
+    """`count` token-id lists (seeded order) of texts that fit `limit` tokens untruncated, and their indices."""
     order = np.random.default_rng(seed).permutation(len(texts))
     chosen: List[List[int]] = []
+    picked = set()
     for i in order:
         ids, _ = tokenizer.encode(texts[int(i)], max_length=None)
         if len(ids) <= limit:
             chosen.append(ids)
+            picked.add(int(i))
             if len(chosen) == count:
                 break
     if not chosen:
         raise ConfigError(f"no text fits the checkpoint's {limit} positions untruncated",
                           fix="pick a task with shorter texts, or a checkpoint with more positions")
-    return chosen
+    return chosen, picked
+
+
+def transfer_batches(texts: Sequence[str], tokenizer: Any, max_length: int, batch_size: int,
+                     seed: int) -> Iterator[Dict[str, torch.Tensor]]:
+    """Endless padded batches of `texts` (length-sorted chunks, seeded) for attention transfer."""
+    from nanoft.train.transfer import length_sorted_batches
+
+    ids, _ = tokenizer.encode_batch(list(texts), max_length=max_length)
+    for indices in length_sorted_batches([len(row) for row in ids], batch_size, seed):
+        width = max(len(ids[i]) for i in indices)
+        input_ids = torch.full((len(indices), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(indices), width, dtype=torch.long)
+        for row, i in enumerate(indices):
+            input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
+            mask[row, :len(ids[i])] = 1
+        yield {"input_ids": input_ids, "attention_mask": mask}
 
 
 def run_convert_bench(kinds: Sequence[str], texts: Sequence[str], model: Optional[str] = None, examples: int = 32,
-                      max_length: int = 2048, seed: int = 0) -> Dict[str, Any]:
-    """Rows (one per kind) of conversion fidelity on `texts`; see the module docstring."""
+                      max_length: int = 2048, seed: int = 0, transfer_steps: int = 0, transfer_lr: float = 1e-3,
+                      transfer_texts: int = 512, transfer_batch: int = 8) -> Dict[str, Any]:
+    """Rows (one per kind) of conversion fidelity on `texts`; see the module docstring. With `transfer_steps`,
+    kinds with parameters of their own are also measured after attention transfer on `transfer_texts` other
+    texts of the same list (never the measured ones)."""
     from nanoft import load_model, load_tokenizer
     from nanoft.progress import ProgressBar
 
@@ -106,7 +130,8 @@ def run_convert_bench(kinds: Sequence[str], texts: Sequence[str], model: Optiona
     if max_length < limit:
         raise ConfigError(f"--max-length {max_length} is below the checkpoint's {limit} positions",
                           fix=f"use --max-length {limit} or more (the converted models' length)")
-    token_ids = pick_texts(texts, tokenizer, examples, limit, seed)
+    token_ids, picked = pick_texts(texts, tokenizer, examples, limit, seed)
+    others = [t for i, t in enumerate(texts) if i not in picked][:transfer_texts]
     batches = [torch.tensor([ids]) for ids in token_ids]
     reference = [layer_outputs(base, ids) for ids in batches]
     rows = []
@@ -119,8 +144,15 @@ def run_convert_bench(kinds: Sequence[str], texts: Sequence[str], model: Optiona
         for ids in batches:
             outputs.append(layer_outputs(converted, ids))
             bar.update(1)
-        row = {"kind": spec, **fidelity(reference, outputs)}
-        rows.append(row)
+        rows.append({"kind": spec, "transfer_steps": 0, **fidelity(reference, outputs)})
+        if transfer_steps and transfer_parameters(converted):
+            if not others:
+                raise ConfigError("no texts left for attention transfer besides the measured ones",
+                                  fix="give more texts or fewer --examples")
+            report = attention_transfer(converted, transfer_batches(others, tokenizer, max_length, transfer_batch,
+                                                                    seed), transfer_steps, transfer_lr)
+            outputs = [layer_outputs(converted, ids) for ids in batches]
+            rows.append({"kind": spec, "transfer_steps": report["steps"], **fidelity(reference, outputs)})
     bar.close()
     lengths = [len(ids) for ids in token_ids]
     return {"rows": rows, "texts": len(token_ids), "tokens_mean": float(np.mean(lengths)),
@@ -163,6 +195,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--examples", type=int, default=32, help="texts (those that fit the checkpoint's positions)")
     p.add_argument("--max-length", type=int, default=2048, help="positions of the converted models (tiled)")
     p.add_argument("--seed", type=int, default=0, help="text sample and random attention features")
+    p.add_argument("--transfer-steps", type=int, default=0,
+                   help="also measure kinds with parameters of their own (Linformer) after this many attention-"
+                        "transfer batches on other texts of the task (0: off)")
+    p.add_argument("--transfer-lr", type=float, default=1e-3, help="attention transfer: Adam learning rate")
+    p.add_argument("--transfer-batch", type=int, default=8, help="attention transfer: texts per batch")
     p.add_argument("--name", default=None, help="result file name in --out-dir (none: print only)")
     p.add_argument("--out-dir", default=None, help="result folder [default: bench/results]")
     args = p.parse_args(argv)
@@ -172,17 +209,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for spec in kinds:  # a typo fails before any data or model is read
         parse_kind(spec)
     texts = read_texts(args.text_file) if args.text_file else task_texts(args.task, args.data_dir)
-    result = run_convert_bench(kinds, texts, args.model, args.examples, args.max_length, args.seed)
-    rows = [{"kind": r["kind"], "rel_error_last": round(r["rel_error_last"], 4),
+    result = run_convert_bench(kinds, texts, args.model, args.examples, args.max_length, args.seed,
+                               args.transfer_steps, args.transfer_lr, transfer_batch=args.transfer_batch)
+    rows = [{"kind": r["kind"], "transfer_steps": r["transfer_steps"], "rel_error_last": round(r["rel_error_last"], 4),
              "rel_error_first": round(r["rel_error_by_layer"][0], 4),
              "cls_cosine_mean": round(r["cls_cosine_mean"], 4), "cls_cosine_min": round(r["cls_cosine_min"], 4),
              "rel_error_by_layer": [round(e, 4) for e in r["rel_error_by_layer"]]} for r in result["rows"]]
-    columns = ["kind", "rel_error_first", "rel_error_last", "cls_cosine_mean", "cls_cosine_min"]
+    columns = ["kind", "transfer_steps", "rel_error_first", "rel_error_last", "cls_cosine_mean", "cls_cosine_min"]
     print(format_table(rows, columns))
     if args.name:
         meta = {"task": args.task, "model": args.model or "installed MiniLM-L6-H384", "texts": result["texts"],
                 "tokens_mean": round(result["tokens_mean"], 1), "tokens_max": result["tokens_max"],
-                "max_length": args.max_length, "seed": args.seed,
+                "max_length": args.max_length, "seed": args.seed, "transfer_lr": args.transfer_lr,
+                "transfer_batch": args.transfer_batch,
                 "reference": f"the checkpoint with full attention at its own {result['limit']} positions"}
         paths = write_results(args.name, rows, meta=meta, columns=columns, out_dir=args.out_dir)
         print(f"wrote {paths['json']} and {paths['markdown']}")

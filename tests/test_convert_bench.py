@@ -66,9 +66,23 @@ def test_text_file_input(tiny_task, tmp_path):
                           "--kind", "full", "--examples", "3"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     row = next(line.split() for line in out.stdout.splitlines() if line.startswith("full "))
-    assert float(row[2]) == 0.0 and float(row[3]) == 1.0  # last-layer error, [CLS] cosine
+    assert int(row[1]) == 0 and float(row[3]) == 0.0 and float(row[4]) == 1.0  # steps, last-layer error, cosine
     (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe bad\n")
     bad = subprocess.run([sys.executable, "-c", "from nanoft.cli import main; main()", "bench", "convert",
                           "--model", str(tiny_task["model_nodrop"]), "--text-file", str(tmp_path / "bad.txt")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "not UTF-8" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_transfer_rows_are_measured_after_transfer_on_other_texts(tiny_task):
+    """--transfer-steps: a Linformer row after transfer, lower in error than the converted one; kinds without
+    parameters of their own (full) get no second row."""
+    from nanoft.bench.convert import run_convert_bench
+
+    texts = TEXTS + [f"{a} {b} table chair lamp" for a in ("good", "bad", "nice") for b in ("day", "door", "window")]
+    result = run_convert_bench(["full", "linformer:k=4"], texts, model=str(tiny_task["model_nodrop"]), examples=4,
+                               max_length=64, transfer_steps=40, transfer_lr=1e-2, transfer_batch=4)
+    rows = [(r["kind"], r["transfer_steps"]) for r in result["rows"]]
+    assert rows == [("full", 0), ("linformer:k=4", 0), ("linformer:k=4", 40)]
+    before, after = result["rows"][1], result["rows"][2]
+    assert after["rel_error_last"] < before["rel_error_last"]

@@ -170,6 +170,11 @@ class TrainConfig:
     attention_options: Dict[str, Any] = _model(help="An option of the attention kind as KEY=VALUE, e.g. "
                                                     "window=128; repeatable.", factory=dict,
                                                flag="--attention-option", multiple=True, metavar="KEY=VALUE")
+    attention_transfer_steps: int = _techniques(0, "Before fine-tuning a converted --attention kind with "
+                                                   "parameters of its own (Linformer), train only those for N "
+                                                   "batches to reproduce the checkpoint's exact attention, layer by "
+                                                   "layer (attention transfer); 0 is off.")
+    attention_transfer_lr: float = _techniques(1e-3, "Attention transfer: Adam learning rate.")
     hidden_dropout: Optional[float] = _model(None, "Dropout on embeddings and sublayer outputs.",
                                              unset="the checkpoint's")
     attention_dropout: Optional[float] = _model(None, "Dropout on attention probabilities; 0 lets CPU SDPA use its "
@@ -302,6 +307,10 @@ class TrainConfig:
             (0 <= self.distill_alpha <= 1, "distill_alpha must be in [0, 1]"),
             (self.distill_temperature > 0, "distill_temperature must be > 0"),
             (self.reinit_layers >= 0, "reinit_layers must be ≥ 0"),
+            (self.attention_transfer_steps >= 0, "attention_transfer_steps must be ≥ 0"),
+            (self.attention_transfer_lr > 0, "attention_transfer_lr must be > 0"),
+            (not self.attention_transfer_steps or bool(self.attention), "attention_transfer_steps needs --attention "
+                                                                         "(a converted kind, e.g. linformer)"),
             (self.hidden_dropout is None or 0 <= self.hidden_dropout < 1, "hidden_dropout must be in [0, 1)"),
             (self.attention_dropout is None or 0 <= self.attention_dropout < 1, "attention_dropout must be in [0, 1)"),
             (self.child_tuning_p is None or 0 < self.child_tuning_p <= 1, "child_tuning_p must be in (0, 1]"),

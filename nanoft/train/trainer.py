@@ -259,6 +259,9 @@ class Trainer:
                 else:
                     self.run_dir.write_task({"task": self.task.to_dict() if hasattr(self.task, "to_dict")
                                              else self.task.name, "label_names": self.task.label_names})
+            if p.step == 0:
+                for technique in self.techniques:
+                    technique.before_training(self)
             wall_start = time.perf_counter()
             outcome = "epoch"
             with StopSignals() as signals:

@@ -7,6 +7,7 @@
     distill_from = dir       soft targets from a teacher (distill)                Hinton et al. 2015
     swa_start, swa_every     weight averaging (swa)                               Izmailov et al. 2018
     child_tuning_p = p       update a random child network (childtune)            Xu et al. 2021
+    attention_transfer_steps converted attention learns the exact one (transfer)  Kasai et al. 2021, Zhang et al. 2024
     prune = method           masks: magnitude, gradual, movement, RigL, N:M,      Zhu & Gupta 2017, Evci et al. 2020,
                              or saved ones (sparsity)                             Sanh et al. 2020
 
@@ -31,10 +32,13 @@ from nanoft.train.techniques.rdrop import RDrop
 from nanoft.train.techniques.reinit import ReinitTopLayers
 from nanoft.train.techniques.sparsity import Sparsity
 from nanoft.train.techniques.swa import SWA
+from nanoft.train.techniques.transfer import AttentionTransfer
 from nanoft.train.techniques.unfreeze import GradualUnfreezing
 
 # (name, config → technique or None), in the order their hooks run
 REGISTRY: List[Tuple[str, Callable[[Any], Optional[Technique]]]] = [
+    ("transfer", lambda c: AttentionTransfer(c.attention_transfer_steps, c.attention_transfer_lr, c.seed)
+     if c.attention_transfer_steps else None),
     ("reinit", lambda c: ReinitTopLayers(c.reinit_layers, c.seed) if c.reinit_layers else None),
     ("unfreeze", lambda c: GradualUnfreezing(c.unfreeze_every) if c.unfreeze_every is not None else None),
     ("rdrop", lambda c: RDrop(c.rdrop_alpha) if c.rdrop_alpha > 0 else None),
@@ -52,4 +56,4 @@ def build_techniques(config: Any) -> List[Technique]:
 
 
 __all__ = ["build_techniques", "REGISTRY", "Technique", "TrainerView", "ReinitTopLayers", "GradualUnfreezing",
-           "RDrop", "Distillation", "Sparsity", "SWA", "ChildTuning"]
+           "RDrop", "Distillation", "Sparsity", "SWA", "ChildTuning", "AttentionTransfer"]

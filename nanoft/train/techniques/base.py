@@ -47,6 +47,9 @@ class Technique:
     def setup(self, trainer: TrainerView) -> None:
         """After the model is loaded, before PEFT is applied and before the optimizer is built."""
 
+    def before_training(self, trainer: TrainerView) -> None:
+        """Once, before the first optimizer step of a run (not when resuming one): data and optimizer exist."""
+
     def loss(self, trainer: TrainerView, batch: Dict[str, torch.Tensor], logits: torch.Tensor,
              loss: torch.Tensor) -> torch.Tensor:
         """Given the objective's loss of a (micro-)batch, return the loss to back-propagate."""
