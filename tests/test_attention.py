@@ -268,6 +268,29 @@ def test_linformer_pooling_init_attends_to_segment_means_of_real_keys():
     torch.testing.assert_close(identity(q, k, v), dense_attention(q, k, v), atol=1e-5, rtol=1e-5)
 
 
+def test_linformer_adaptive_projection_pools_each_sequence_by_its_own_length():
+    """projection=adaptive: no parameters; a sequence of L <= k real tokens gets exact attention over its real
+    keys, a longer one attends to the means of the k segments {i : i * k // L == j} (hand-built here), for
+    every row of a padded batch by its own length."""
+    module = build("linformer", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, k=8, projection="adaptive")
+    assert not list(module.parameters())
+    q, k, v = qkv(batch=3, seq=20)
+    lengths = (20, 13, 6)
+    out = module(q, k, v, padding_mask(list(lengths), 20))
+    for b, n in enumerate(lengths):
+        if n <= 8:
+            ref = dense_attention(q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n])
+            torch.testing.assert_close(out[b:b + 1, :, :n], ref, atol=1e-5, rtol=1e-5)
+            continue
+        segments = [[i for i in range(n) if i * 8 // n == j] for j in range(8)]
+        assert all(segments) and sum(map(len, segments)) == n
+        k_low = torch.stack([k[b, :, seg].mean(1) for seg in segments], dim=1)[None]  # (1, heads, 8, dim)
+        v_low = torch.stack([v[b, :, seg].mean(1) for seg in segments], dim=1)[None]
+        torch.testing.assert_close(out[b:b + 1], dense_attention(q[b:b + 1], k_low, v_low), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="unknown projection 'fixed'"):
+        build("linformer", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, k=8, projection="fixed")
+
+
 @pytest.mark.parametrize("window", [39, 100])
 def test_longformer_window_covering_sequence_is_full_attention(window):
     q, k, v = qkv()
