@@ -183,8 +183,10 @@ def difference(a: List[float], b: List[float]) -> Dict[str, Optional[float]]:
 
 def comparisons(groups: Dict[str, List[Dict[str, Any]]], metric: str) -> List[Dict[str, Any]]:
     """Every pair of experiments on `metric` (a `flatten` key such as test.accuracy): the difference of the
-    seed means with its standard error, Welch's t, and whether |diff| exceeds two standard errors — the
-    test a table of a few seeds per row needs before it says one row beats another."""
+    seed means with its standard error, Welch's t and df, and whether |diff| exceeds two standard errors — a
+    screen before a table says one row beats another, not a 5% test (with 3 seeds a side, df is 2-4 and the
+    two-sided 5% critical t is 2.8-4.3). A pair with a single-seed side has no spread to judge it by:
+    exceeds_2se is None there. Experiments without the metric are listed under `missing` of the first row."""
     values = {name: [f[metric] for f in map(flatten, results) if metric in f] for name, results in groups.items()}
     missing = [name for name, v in values.items() if not v]
     if len(missing) == len(values):
@@ -195,9 +197,12 @@ def comparisons(groups: Dict[str, List[Dict[str, Any]]], metric: str) -> List[Di
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             d = difference(values[a], values[b])
+            judged = min(len(values[a]), len(values[b])) >= 2
             rows.append({"a": a, "b": b, "n_a": len(values[a]), "n_b": len(values[b]),
                          "mean_a": mean_std_max(values[a])["mean"], "mean_b": mean_std_max(values[b])["mean"],
-                         **d, "exceeds_2se": d["se"] > 0 and abs(d["diff"]) > 2 * d["se"]})
+                         **d, "exceeds_2se": (d["se"] > 0 and abs(d["diff"]) > 2 * d["se"]) if judged else None})
+    if rows and missing:
+        rows[0]["missing"] = missing
     return rows
 
 
@@ -245,13 +250,15 @@ _COST_KEYS = ("train_seconds", "examples_per_s", "peak_memory_mb")
 
 def _comparison_rows(rows: List[Dict[str, Any]], metric: str, csv_cells: bool) -> Tuple[List[str], List[List[str]]]:
     """One line per pair: a, b, their means, a - b ± se, Welch's t, and '> 2 SE' where it holds."""
-    header = ["a", "b", "n_a", "n_b", f"{metric} a", f"{metric} b", "a - b", "se", "welch_t", "|a - b| > 2 se"]
+    header = ["a", "b", "n_a", "n_b", f"{metric} a", f"{metric} b", "a - b", "se", "welch_t", "welch_df",
+              "|a - b| > 2 se"]
     body = []
     for r in rows:
-        t = "" if r["welch_t"] is None else (f"{r['welch_t']:.6g}" if csv_cells else f"{r['welch_t']:.2f}")
+        t, df = ("" if r[k] is None else (f"{r[k]:.6g}" if csv_cells else f"{r[k]:.{digits}f}")
+                 for k, digits in (("welch_t", 2), ("welch_df", 1)))
         numbers = [f"{r[k]:.6g}" if csv_cells else f"{r[k]:.4f}" for k in ("mean_a", "mean_b", "diff", "se")]
-        body.append([r["a"], r["b"], str(r["n_a"]), str(r["n_b"]), *numbers, t,
-                     ("yes" if r["exceeds_2se"] else "no")])
+        verdict = "n < 2" if r["exceeds_2se"] is None else ("yes" if r["exceeds_2se"] else "no")
+        body.append([r["a"], r["b"], str(r["n_a"]), str(r["n_b"]), *numbers, t, df, verdict])
     return header, body
 
 

@@ -287,6 +287,11 @@ def test_linformer_adaptive_projection_pools_each_sequence_by_its_own_length():
         k_low = torch.stack([k[b, :, seg].mean(1) for seg in segments], dim=1)[None]  # (1, heads, 8, dim)
         v_low = torch.stack([v[b, :, seg].mean(1) for seg in segments], dim=1)[None]
         torch.testing.assert_close(out[b:b + 1], dense_attention(q[b:b + 1], k_low, v_low), atol=1e-5, rtol=1e-5)
+    # left padding: row 1's 13 real tokens moved to the end pool into the same segments, same outputs
+    rolled = [torch.roll(t[1:2], shifts=7, dims=2) for t in (q, k, v)]  # real tokens at positions 7..19
+    left_mask = torch.arange(20)[None, :] < 7  # (1, 20): padding first
+    out_left = module(*rolled, left_mask)
+    torch.testing.assert_close(out_left[:, :, 7:], out[1:2, :, :13], atol=1e-5, rtol=1e-5)
     with pytest.raises(ConfigError, match="unknown projection 'fixed'"):
         build("linformer", num_heads=HEADS, head_dim=DIM, max_length=MAXLEN, k=8, projection="fixed")
 

@@ -202,6 +202,11 @@ def test_report_compare_states_which_differences_exceed_two_standard_errors(tmp_
     assert not ac["exceeds_2se"]
     text = report_text(str(tmp_path / "runs"), "markdown", compare="test.accuracy")
     line = next(l for l in text.splitlines() if "imdb/a" in l and "imdb/b" in l)
-    assert [c.strip() for c in line.strip("|").split("|")][6:] == ["0.0800", "0.0258", "3.10", "yes"]
+    assert [c.strip() for c in line.strip("|").split("|")][6:] == ["0.0800", "0.0258", "3.10", "2.9", "yes"]
+    one = tmp_path / "runs" / "imdb" / "single" / "seed1"
+    one.mkdir(parents=True)
+    (one / "results.json").write_text(json.dumps({"test": {"accuracy": 0.5}}))
+    rows = {(r["a"], r["b"]): r for r in comparisons(collect(str(tmp_path / "runs")), "test.accuracy")}
+    assert rows[("imdb/a", "imdb/single")]["exceeds_2se"] is None  # one seed: no spread to judge by
     with pytest.raises(ConfigError, match="no run has the metric 'dev.accuracy'.*test.accuracy"):
         comparisons(collect(str(tmp_path / "runs")), "dev.accuracy")

@@ -64,13 +64,32 @@ def test_transfer_lowers_held_out_error_and_changes_only_the_kinds_parameters(ti
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.split(".")[-1] in ("proj_k", "proj_v") for k in changed)
-    assert all(p.requires_grad for p in model.parameters())  # trainability restored
+    assert all(p.grad is None for p in model.parameters())  # nothing carried into fine-tuning's first step
+
+
+def test_transfer_restores_trainability_and_cores_even_when_it_fails(tiny_task):
+    model = converted(tiny_task["model_nodrop"])
+    model.encoder.embeddings.word.weight.requires_grad_(False)  # frozen before: stays frozen
+    cores = [layer.attention.core for layer in model.encoder.layers]
+    batch = batches_of(tiny_task["model_nodrop"], TRAIN)
+
+    def broken(b):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        attention_transfer(model, iter([batch]), steps=1, lr=1e-2, forward=broken)
+    assert [layer.attention.core for layer in model.encoder.layers] == cores
+    assert not model.encoder.embeddings.word.weight.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if n != "encoder.embeddings.word.weight")
+    attention_transfer(model, iter([batch]), steps=1, lr=1e-2)
+    assert not model.encoder.embeddings.word.weight.requires_grad
 
 
 def test_transfer_needs_a_kind_with_parameters(tiny_task):
-    full = nanoft.load_model(str(tiny_task["model_nodrop"]), head=None, attention="performer", max_length=32)
+    performer = nanoft.load_model(str(tiny_task["model_nodrop"]), head=None, attention="performer", max_length=32)
     with pytest.raises(ConfigError, match="PerformerAttention has no parameters of its own"):
-        attention_transfer(full, iter([]), steps=1, lr=1e-3)
+        attention_transfer(performer, iter([]), steps=1, lr=1e-3)
+    assert list(length_sorted_batches([], batch_size=4, seed=0)) == []  # no data: no endless loop
 
 
 def test_length_sorted_batches_cover_every_example_once_per_pass():
@@ -96,11 +115,15 @@ def test_trainer_transfer_runs_once_reports_and_resumes_exactly(tiny_config, tmp
     resumed.fit()  # no second transfer: the checkpoint holds the transferred projections
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((tmp_path / "cut" / "results.json").read_text())["attention_transfer"] == report
+    resumed_report = json.loads((tmp_path / "cut" / "results.json").read_text())["attention_transfer"]
+    assert resumed_report.pop("seconds") > 0 and report.pop("seconds") > 0  # wall-clock: not compared
+    assert resumed_report == report  # the same transfer, kept through the checkpoint
 
 
 def test_transfer_config_errors(tiny_config):
     with pytest.raises(ConfigError, match="attention_transfer_steps needs --attention"):
         tiny_config(attention_transfer_steps=5).validate()
+    with pytest.raises(ConfigError, match="attention_transfer_steps with --peft is not supported"):
+        tiny_config(attention_transfer_steps=5, attention="linformer", peft="lora").validate()
     with pytest.raises(ConfigError, match="PerformerAttention"):
         Trainer(tiny_config(attention="performer", attention_transfer_steps=5))

@@ -77,7 +77,8 @@ def adaptive_pooling(key_padding_mask: Optional[Tensor], batch: int, n: int, k: 
     real = (torch.ones(batch, n, dtype=torch.bool, device=device) if key_padding_mask is None
             else ~key_padding_mask)  # (batch, n)
     lengths = real.sum(dim=1, keepdim=True).clamp(min=1)  # (batch, 1)
-    row_of = torch.arange(n, device=device)[None, :] * k // lengths  # (batch, n): each position's row
+    rank = real.long().cumsum(dim=1) - 1  # (batch, n): index of each real token among the real ones
+    row_of = rank.clamp(min=0) * k // lengths  # (batch, n): each real token's row (padding anywhere)
     weights = torch.zeros(batch, k, n, device=device).scatter_(  # (batch, k, n): 1 at (row of i, i) for real i
         1, row_of.clamp(max=k - 1)[:, None, :], real[:, None, :].float())
     counts = weights.sum(dim=2, keepdim=True)  # (batch, k, 1)

@@ -311,6 +311,9 @@ class TrainConfig:
             (self.attention_transfer_lr > 0, "attention_transfer_lr must be > 0"),
             (not self.attention_transfer_steps or bool(self.attention), "attention_transfer_steps needs --attention "
                                                                          "(a converted kind, e.g. linformer)"),
+            (not self.attention_transfer_steps or not self.peft, "attention_transfer_steps with --peft is not "
+                                                                 "supported: an adapter file would not keep the "
+                                                                 "transferred projections"),
             (self.hidden_dropout is None or 0 <= self.hidden_dropout < 1, "hidden_dropout must be in [0, 1)"),
             (self.attention_dropout is None or 0 <= self.attention_dropout < 1, "attention_dropout must be in [0, 1)"),
             (self.child_tuning_p is None or 0 < self.child_tuning_p <= 1, "child_tuning_p must be in (0, 1]"),

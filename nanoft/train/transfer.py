@@ -14,6 +14,7 @@ training only the new attention's own parameters to match the original attention
 """
 from __future__ import annotations
 
+import time
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
@@ -78,6 +79,7 @@ def attention_transfer(model: nn.Module, batches: Iterable[Dict[str, torch.Tenso
     optimizer = torch.optim.Adam(params, lr=lr)
     was_training = model.training
     history: List[float] = []
+    started = time.perf_counter()
     try:
         model.eval()
         for p in model.parameters():
@@ -118,12 +120,15 @@ def attention_transfer(model: nn.Module, batches: Iterable[Dict[str, torch.Tenso
     finally:
         for layer, wrapper in zip(layers, wrapped):
             layer.attention.core = wrapper.core
+        for p in params:  # no transfer gradient may reach the fine-tuning that follows
+            p.grad = None
         for p, flag in frozen.items():
             p.requires_grad_(flag)
         model.train(was_training)
     if not history:
         raise ConfigError("attention transfer: no training batch to learn from", fix="give it training data")
-    report = {"steps": len(history), "error_first_batch": history[0], "error_last_batch": history[-1]}
+    report = {"steps": len(history), "error_first_batch": history[0], "error_last_batch": history[-1],
+              "seconds": time.perf_counter() - started}
     if probe:
         report.update(error_before=error_before, error_after=error_after, probe_batches=len(probe))
     return report
@@ -134,7 +139,7 @@ def length_sorted_batches(lengths: List[int], batch_size: int, seed: int) -> Ite
     padding), each chunk's batches in random order."""
     generator = torch.Generator().manual_seed(seed)
     n = len(lengths)
-    while True:
+    while n:
         order = torch.randperm(n, generator=generator).tolist()
         chunk = 50 * batch_size
         for start in range(0, n, chunk):

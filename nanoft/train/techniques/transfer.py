@@ -47,6 +47,9 @@ class AttentionTransfer(Technique):
             self.report = attention_transfer(trainer.model, batches(trainer.train_data, self.seed), self.steps,
                                              self.lr, forward=lambda b: trainer.forward(b, model=trainer.model),
                                              probe=probe)
+        if trainer.dist.enabled:  # every rank transferred the same way; rank 0's result is the one kept
+            for p in transfer_parameters(trainer.model):
+                torch.distributed.broadcast(p.data, src=0)
 
     def finish(self, trainer: TrainerView) -> Optional[Dict[str, Any]]:
         return {"attention_transfer": dict(self.report, lr=self.lr)} if self.report else None
