@@ -14,12 +14,18 @@ from nanoft.errors import ConfigError, DataError, NanoftError
 
 
 def describe_model(path: Optional[str]) -> str:
+    """`nanoft info`: a checkpoint, or a run directory's model (best/, else its latest checkpoint)."""
     from nanoft.weights import load_model, load_tokenizer, model_summary
 
+    run_config = None
+    if path is not None and Path(path).is_dir():
+        model_dir, run_config = _run_or_model(path)
+        path = str(model_dir)
     model, report = load_model(path, head=None, return_report=True)
     s = model_summary(model)
     lines = [
-        f"model:      {report.path}",
+        f"model:      {report.path}" + (f"  (run of {run_config.get('model') or 'the default model'})"
+                                        if run_config is not None else ""),
         f"family:     {s['family']}  ({s['layers']} layers, hidden {s['hidden']}, {s['heads']} heads, "
         f"ffn {s['intermediate']}, vocab {s['vocab']}, max length {s['max_length']})",
         f"attention:  {s['attention']}",
@@ -27,7 +33,7 @@ def describe_model(path: Optional[str]) -> str:
         f"tensors:    {report.summary()}",
     ]
     try:
-        tok = load_tokenizer(path)
+        tok = _tokenizer_for(Path(path), run_config) if run_config is not None else load_tokenizer(path)
         lines.append(f"tokenizer:  {tok.kind} ({tok.family}, vocab {tok.vocab_size}, pad id {tok.pad_token_id})")
     except Exception as e:  # a model without tokenizer files is still describable
         lines.append(f"tokenizer:  none ({e})")

@@ -210,3 +210,23 @@ def test_report_compare_states_which_differences_exceed_two_standard_errors(tmp_
     assert rows[("imdb/a", "imdb/single")]["exceeds_2se"] is None  # one seed: no spread to judge by
     with pytest.raises(ConfigError, match="no run has the metric 'dev.accuracy'.*test.accuracy"):
         comparisons(collect(str(tmp_path / "runs")), "dev.accuracy")
+
+
+def test_info_describes_a_run_directory_by_its_best_model(tiny_config, tmp_path):
+    """`nanoft info RUN` describes RUN/best (what eval and predict use), with the tokenizer the run trained with."""
+    from click.testing import CliRunner
+
+    from nanoft.cli import cli
+    from nanoft.train import Trainer
+
+    config = tiny_config(max_steps=2, eval_every=2)
+    Trainer(config).fit()
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["info", str(run)])
+    assert result.exit_code == 0, result.output
+    direct = CliRunner().invoke(cli, ["info", str(run / "best")])
+    model_line = next(line for line in result.output.splitlines() if line.startswith("model:"))
+    assert model_line.split()[1] == str(run / "best") and f"run of {config.model}" in model_line
+    # everything after the model line equals describing best/ directly: same sizes, parameter count, tokenizer
+    assert result.output.splitlines()[1:] == direct.output.splitlines()[1:]
+    assert "tokenizer:  none" not in result.output
