@@ -27,6 +27,9 @@ def render_table(header: Sequence[str], body: Sequence[Sequence[str]], fmt: str 
         writer.writerow(header)
         writer.writerows(body)
         return buf.getvalue().rstrip("\n")
+    if fmt == "markdown":  # a "|" inside a cell would end it: escape it, as GitHub-flavoured Markdown reads it
+        header = [h.replace("|", "\\|") for h in header]
+        body = [[c.replace("|", "\\|") for c in row] for row in body]
     right = list(right) if right is not None else [False] * len(header)
     widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(header)]
 

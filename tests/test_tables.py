@@ -40,3 +40,17 @@ def test_rows_of_dicts_format_numbers_and_gaps():
     assert format_rows([]) == "(no rows)"
     with pytest.raises(ValueError, match="unknown table format"):
         render_table(HEADER, BODY, "html")
+
+
+def test_markdown_escapes_pipes_inside_cells():
+    """A cell holding '|' (e.g. the header '|a - b| > 2 se') stays one cell: GFM splits rows on unescaped pipes."""
+    import re
+
+    lines = render_table(["pair", "|a - b| > 2 se"], [["x|y", "yes"]], "markdown").splitlines()
+    for line in lines:
+        cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+        assert len(cells) == 2, line
+    assert [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", lines[2].strip()[1:-1])] == ["x|y", "yes"]
+    # CSV and plain text keep the cell as it is
+    assert list(csv.reader(io.StringIO(render_table(["a|b"], [["c|d"]], "csv")))) == [["a|b"], ["c|d"]]
+    assert render_table(["a|b"], [["c|d"]], "table").splitlines()[2] == "c|d"
