@@ -116,7 +116,8 @@ def test_trainer_transfer_runs_once_reports_and_resumes_exactly(tiny_config, tmp
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     resumed_report = json.loads((tmp_path / "cut" / "results.json").read_text())["attention_transfer"]
-    assert resumed_report.pop("seconds") > 0 and report.pop("seconds") > 0  # wall-clock: not compared
+    # both report the transfer's seconds; a wall-clock figure, so neither its value nor the two are compared
+    assert all(isinstance(r.pop("seconds"), float) for r in (resumed_report, report))
     assert resumed_report == report  # the same transfer, kept through the checkpoint
 
 
