@@ -273,3 +273,19 @@ def test_predict_writes_labels_and_probabilities(tiny_config, tiny_task, tmp_pat
     assert header[-1] == "text"  # the input's text column follows the probabilities (#18)
     row = lines[1].split(",")
     assert abs(sum(float(x) for x in row[3:-1]) - 1) < 1e-4
+
+
+def test_paths_given_as_path_objects_are_recorded_and_resume(tiny_config, tiny_task, tmp_path):
+    """Python callers pass pathlib.Path: config.toml records strings and a resume with Paths is compatible."""
+    from pathlib import Path
+
+    from nanoft.train.config import read_toml
+
+    paths = dict(output=tmp_path / "run", model=Path(tiny_task["model"]),
+                 train_file=Path(tiny_task["data"]) / "train.tsv", dev_file=Path(tiny_task["data"]) / "dev.tsv")
+    first = Trainer(tiny_config(epochs=1, **paths))
+    assert first.fit(stop_at_step=2) == {"stopped_at": 2}
+    recorded = read_toml(tmp_path / "run" / "config.toml")
+    assert recorded["output"] == str(tmp_path / "run") and recorded["model"] == str(tiny_task["model"])
+    resumed = Trainer(tiny_config(epochs=1, resume=True, **paths))
+    assert resumed.step == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -280,6 +281,11 @@ class TrainConfig:
         # caller see the same number (a --peft method's recipe rate, see default_lr)
         if self.lr is None:
             self.lr = default_lr(self.peft)
+        # paths may be given as Path objects from Python; the config holds (and config.toml records) strings
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, os.PathLike):
+                setattr(self, f.name, os.fspath(value))
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "TrainConfig":
