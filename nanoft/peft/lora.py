@@ -105,10 +105,15 @@ class LoraAdapter(nn.Module):
             lora = F.embedding(x, self.lora_A.T) @ self.lora_B.T * self.scale  # (..., dim)
             out = base(x)
             return out + lora.to(out.dtype) if not self.dora else self._dora(out + lora.to(out.dtype), base, None)
-        lora = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale  # (..., out)
+        a_x = F.linear(self.dropout(x), self.lora_A)  # (..., r)
         if not self.dora:
-            out = base(x)
-            return out + lora.to(out.dtype)
+            out = base(x)  # (..., out)
+            # W x + b + s·B (A x) with the sum done inside one GEMM (addmm) and s riding on the small B: the
+            # low-rank path then costs no extra pass over the (tokens, out) activations, forward or backward
+            rows = out.reshape(-1, out.shape[-1])  # (tokens, out)
+            scaled_b = (self.lora_B * self.scale).T.to(out.dtype)  # (r, out)
+            return torch.addmm(rows, a_x.reshape(-1, self.r).to(out.dtype), scaled_b).view(out.shape)
+        lora = F.linear(a_x, self.lora_B) * self.scale  # (..., out)
         w_x = F.linear(x, base.weight)
         return self._dora(w_x + lora.to(w_x.dtype), base, base.bias)
 
