@@ -289,3 +289,26 @@ def test_paths_given_as_path_objects_are_recorded_and_resume(tiny_config, tiny_t
     assert recorded["output"] == str(tmp_path / "run") and recorded["model"] == str(tiny_task["model"])
     resumed = Trainer(tiny_config(epochs=1, resume=True, **paths))
     assert resumed.step == 2
+
+
+def test_eval_batches_are_capped_by_tokens_and_scores_do_not_change(tiny_config, tmp_path):
+    """--eval-max-tokens lowers the evaluation batch for long examples (at least 1), leaves short ones at
+    --eval-batch-size, and the metrics do not depend on it (fp32: same logits to 1e-6)."""
+    from types import SimpleNamespace
+
+    from nanoft.train.evaluate import predict_logits
+    from nanoft.train.trainer import eval_batch_size
+
+    config = tiny_config(eval_batch_size=128, eval_max_tokens=65536)
+    assert eval_batch_size(config, SimpleNamespace(lengths=[30, 2048, 100])) == 32
+    assert eval_batch_size(config, SimpleNamespace(lengths=[12, 128])) == 128
+    assert eval_batch_size(config.replace(eval_max_tokens=100), SimpleNamespace(lengths=[512])) == 1
+    assert eval_batch_size(config.replace(eval_max_tokens=None), SimpleNamespace(lengths=[4096])) == 128
+    with pytest.raises(ConfigError, match="eval_max_tokens"):
+        tiny_config(eval_max_tokens=0).validate()
+    trainer = Trainer(tiny_config(eval_max_tokens=40))  # tiny task: lengths up to 32, so batches of 1
+    data = trainer.eval_data["dev"]
+    assert eval_batch_size(trainer.config, data) == 40 // int(max(data.lengths))
+    capped = predict_logits(trainer.model, data, trainer.tokenizer.pad_token_id, eval_batch_size(trainer.config, data))
+    whole = predict_logits(trainer.model, data, trainer.tokenizer.pad_token_id, len(data))
+    torch.testing.assert_close(capped, whole, rtol=0, atol=1e-6)

@@ -263,6 +263,10 @@ class TrainConfig:
     # ---- evaluation
     eval_every: Optional[int] = _evaluation(None, "Evaluate every N steps.", unset="at the end of each epoch")
     eval_batch_size: int = _evaluation(128, "Batch size for evaluation.")
+    eval_max_tokens: Optional[int] = _evaluation(
+        65536, "Cap on one evaluation batch's padded tokens: a split whose longest example has L tokens is "
+               "evaluated in batches of min(--eval-batch-size, this // L), so long documents do not need "
+               "more memory to evaluate than to train (2048 tokens: 32 a batch).")
     early_stopping: Optional[int] = _evaluation(None, "Stop after N evaluations without improvement.")
     save_best: bool = _evaluation(True, "Keep the best model (by the task's main metric) in RUN/best.")
     # ---- run directory and logging
@@ -304,6 +308,8 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be ≥ 1"),
             (self.grad_accum >= 1, "grad_accum must be ≥ 1"),
             (self.lr > 0, "lr must be > 0"),
+            (self.eval_batch_size >= 1, "eval_batch_size must be ≥ 1"),
+            (self.eval_max_tokens is None or self.eval_max_tokens >= 1, "eval_max_tokens must be ≥ 1"),
             (self.epochs > 0 or (self.max_steps or 0) > 0, "epochs or max_steps must be > 0"),
             (self.max_length >= 2, "max_length must be ≥ 2"),
             (self.warmup >= 0, "warmup must be ≥ 0"),

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,6 +74,16 @@ class Progress:
         if best is not None and not (isinstance(best, dict) and isinstance(best.get("score"), (int, float))):
             raise NanoftError("trainer state 'best' is malformed", path=where)
         return cls(best=best, **values)
+
+
+def eval_batch_size(config: TrainConfig, data: Any) -> int:
+    """--eval-batch-size, lowered so that one batch of the split's longest examples stays within
+    --eval-max-tokens padded tokens (at least one example a batch)."""
+    lengths = getattr(data, "lengths", None)
+    if config.eval_max_tokens is None or lengths is None or len(lengths) == 0:
+        return config.eval_batch_size
+    longest = max(1, int(np.max(lengths)))
+    return max(1, min(config.eval_batch_size, config.eval_max_tokens // longest))
 
 
 class Trainer:
@@ -339,7 +350,8 @@ class Trainer:
                 raise NanoftError(f"no {split!r} data to evaluate", fix=f"evaluate one of: {', '.join(self.eval_data)}")
             data = build.encode_split(self.config, self.task, self.tokenizer, split)
         return self.objective.evaluate(model or self.model, data, self.tokenizer.pad_token_id,
-                                       self.config.eval_batch_size, self.device, self.precision, self.dist)
+                                       eval_batch_size(self.config, data), self.device, self.precision,
+                                       self.dist)
 
     def _evaluate_and_track(self) -> bool:
         """Evaluate every eval split, keep the best checkpoint, return True to stop early."""

@@ -152,12 +152,14 @@ class Distillation(Technique):
         if cached is not None:
             return cached
         from nanoft.train.evaluate import predict_logits
+        from nanoft.train.trainer import eval_batch_size
         from nanoft.weights import load_model
 
         teacher = load_model(self.model_dir, head="classification", num_labels=trainer.task.num_labels,
                              max_length=trainer.config.max_length, device=trainer.device)
         logits = predict_logits(teacher, trainer.train_data, trainer.tokenizer.pad_token_id,
-                                trainer.config.eval_batch_size, trainer.device, trainer.precision, trainer.dist)
+                                eval_batch_size(trainer.config, trainer.train_data), trainer.device,
+                                trainer.precision, trainer.dist)
         del teacher
         if trainer.dist.is_main:
             atomic_write_bytes(path, lambda f: np.save(f, logits.numpy()))
