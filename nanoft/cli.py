@@ -272,8 +272,10 @@ def cli(verbose: bool) -> None:
 @click.argument("path", required=False, type=click.Path())
 @click.option("--task", help="Describe a task instead: splits, labels, lengths and padding waste.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding task data. [default: $NANOFT_DATA_DIR]")
-@click.option("--max-length", default=128, show_default=True, help="Max tokens, for the task's length profile.")
-@click.option("--batch-size", default=32, show_default=True, help="Batch size, for the padding-waste figures.")
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=2),
+              help="Max tokens, for the task's length profile.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Batch size, for the padding-waste figures.")
 def info(path: Optional[str], task: Optional[str], data_dir: Optional[str], max_length: int, batch_size: int) -> None:
     """Describe a checkpoint (family, sizes, parameters, tensors, tokenizer) or a task (--task)."""
     from nanoft.commands import describe_model, describe_task
@@ -317,8 +319,8 @@ def pretrain(ctx: click.Context, **kwargs: Any) -> None:
 @click.option("--task", help="Task to evaluate on. [default: the run's task]")
 @click.option("--split", default=None, help="Split to evaluate. [default: the task's dev split(s)]")
 @click.option("--data-dir", type=click.Path(), help="Folder holding task data. [default: $NANOFT_DATA_DIR]")
-@click.option("--batch-size", default=128, show_default=True, help="Evaluation batch size.")
-@click.option("--max-length", default=None, type=int, help="Max tokens. [default: the run's]")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1), help="Evaluation batch size.")
+@click.option("--max-length", default=None, type=click.IntRange(min=2), help="Max tokens. [default: the run's]")
 @click.option("--objective", type=click.Choice(["task", "mlm"]), default="task", show_default=True,
               help="mlm: masked-LM loss and perplexity on --text-file, with a pretraining run's fixed seeded mask.")
 @click.option("--text-file", type=click.Path(), help="With --objective mlm: one document per line (or TSV/CSV/JSONL).")
@@ -355,8 +357,8 @@ def eval_command(run_or_model: str, task: Optional[str], split: Optional[str], d
               help="Text column(s) of the input. [default: the run's if the input has them, else its column "
                    "'text' or its only text column]")
 @click.option("--no-header", is_flag=True, help="The input has no header row (columns are integers).")
-@click.option("--batch-size", default=128, show_default=True, help="Batch size.")
-@click.option("--max-length", default=None, type=int, help="Max tokens. [default: the run's]")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1), help="Batch size.")
+@click.option("--max-length", default=None, type=click.IntRange(min=2), help="Max tokens. [default: the run's]")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
               help="RUN_OR_MODEL is then the base checkpoint: load onto it the adapter (with its head and labels) of a "
                    "`train --peft` run DIR; repeatable: each row goes through the adapter its --adapter-column names.")
@@ -379,6 +381,17 @@ def predict(run_or_model: str, input_file: str, output_file: Optional[str], text
         click.echo(text, nl=False)
 
 
+def parse_seeds(text: str) -> List[int]:
+    """--seeds 1,2,3 as integers; anything else is one clear error."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise ConfigError(f"--seeds {text!r} is not a comma-separated list of integers", fix="e.g. --seeds 1,2,3")
+    return seeds
+
+
 @cli.command()
 @click.argument("experiments", type=click.Path())
 @click.option("--only", multiple=True, help="Run only these experiment names (repeatable).")
@@ -390,7 +403,7 @@ def run(experiments: str, only: tuple, seeds: Optional[str], tasks: Optional[str
     """Run the named experiments of a TOML file in sequence, each × seeds; skips finished runs."""
     from nanoft.experiment import run_experiments
 
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    seed_list = parse_seeds(seeds) if seeds else None
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     summary = run_experiments(experiments, only=list(only) or None, seeds=seed_list, output_root=output_root,
                               tasks=task_list)
@@ -428,9 +441,9 @@ def report(runs_dir: str, fmt: str, by_task: bool, compare: Optional[str], outpu
 @click.option("--data-dir", type=click.Path(), help="Folder holding the GLUE tasks. [default: $NANOFT_DATA_DIR]")
 @click.option("--seeds", default="1,2,3", show_default=True, help="Seeds, comma-separated (each task x seed is a run).")
 @click.option("--lr", type=float, help=f"Learning rate. [default: {GLUE_RECIPE['lr']:g}, run_glue's]")
-@click.option("--batch-size", type=int, help=f"Batch size. [default: {GLUE_RECIPE['batch_size']}]")
+@click.option("--batch-size", type=click.IntRange(min=1), help=f"Batch size. [default: {GLUE_RECIPE['batch_size']}]")
 @click.option("--epochs", type=float, help=f"Epochs. [default: {GLUE_RECIPE['epochs']:g}]")
-@click.option("--max-length", type=int, help=f"Max tokens. [default: {GLUE_RECIPE['max_length']}]")
+@click.option("--max-length", type=click.IntRange(min=2), help=f"Max tokens. [default: {GLUE_RECIPE['max_length']}]")
 @click.option("--train-subset", type=int, help="Train on a seeded random subset of N examples per task (budget).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Any other `nanoft train` option for every run, e.g. warmup=0.1; repeatable.")
@@ -459,11 +472,7 @@ def glue(models: Tuple[str, ...], data_dir: Optional[str], seeds: str, lr: Optio
         from nanoft.weights import default_model_path
 
         models = (str(default_model_path()),)
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds {seeds!r} is not a comma-separated list of integers",
-                          fix="e.g. --seeds 1,2,3") from None
+    seed_list = parse_seeds(seeds)
     report = glue_report(list(models), output_root, seed_list, data_dir, values, dev_text, select, run=not no_run)
     if output_file:
         from nanoft.io import atomic_write_text
@@ -574,6 +583,10 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # a bad option value: one line naming it, as for every other bad input
+        where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        click.echo(f"error: {e.format_message()}{where}", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

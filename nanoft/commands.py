@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from nanoft.errors import ConfigError, DataError, NanoftError
+from nanoft.errors import CheckpointError, ConfigError, DataError, NanoftError
 
 
 def describe_model(path: Optional[str]) -> str:
@@ -129,19 +129,51 @@ def _task_for(run_config: Optional[Dict[str, Any]], task_name: Optional[str], mo
     raise ConfigError("which task? this is not a run directory", fix="pass --task NAME")
 
 
+def _load_trained(model_dir: Path, head: str, max_length: Optional[int], num_labels: Optional[int] = None,
+                  task_name: Optional[str] = None) -> Any:
+    """The model with its fine-tuned head, for evaluation or prediction. Refused: a directory without
+    config.json, a label count other than the model's, a head the checkpoint lacks (it would be random, and so
+    would every prediction), a --max-length beyond the model's positions."""
+    from nanoft.weights import load_model
+
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError("no config.json: not a run or model directory", path=str(model_dir),
+                              fix="pass a run directory (nanoft train --output) or a Hugging Face model directory")
+    saved = json.loads(config_file.read_text(encoding="utf-8")).get("id2label") or {}
+    if num_labels is not None and head == "classification" and saved and len(saved) != num_labels:
+        raise ConfigError(f"the model predicts {len(saved)} labels but task {task_name} has {num_labels}",
+                          path=str(model_dir), fix="evaluate it on the task it was trained on (leave out --task)")
+    model, report = load_model(model_dir, head=head, num_labels=num_labels, return_report=True)
+    untrained = [name for name in report.initialised if name.startswith("head.")]
+    if untrained:
+        raise CheckpointError(f"the model has no trained {head} head ({', '.join(untrained[:2])} not in the "
+                              "checkpoint): its outputs would be random", path=str(model_dir),
+                              fix="fine-tune it first (nanoft train --model ...) and pass the run directory")
+    if max_length is not None and max_length > model.config.max_length:
+        raise ConfigError(f"--max-length {max_length} is longer than the model's {model.config.max_length} positions",
+                          fix=f"use --max-length {model.config.max_length} or less")
+    return model
+
+
+def _max_length(given: Optional[int], run_config: Optional[Dict[str, Any]], model: Any) -> int:
+    """--max-length, else the run's, else 128 capped at the model's positions."""
+    return given or (run_config or {}).get("max_length") or min(128, model.config.max_length)
+
+
 def evaluate_path(path: str, task_name: Optional[str], split: Optional[str], data_dir: Optional[str],
                   batch_size: int, max_length: Optional[int]) -> str:
     from nanoft.data import encode
     from nanoft.train.evaluate import predict_logits, score
-    from nanoft.weights import Truncation, load_model
+    from nanoft.weights import Truncation
 
     model_dir, run_config = _run_or_model(path)
     task = _task_for(run_config, task_name, model_dir)
     data_dir = data_dir or (run_config or {}).get("data_dir")
-    max_length = max_length or (run_config or {}).get("max_length") or 128
-    tokenizer = _tokenizer_for(model_dir, run_config)
     head = "regression" if task.is_regression else "classification"
-    model = load_model(model_dir, head=head, num_labels=task.num_labels)
+    model = _load_trained(model_dir, head, max_length, task.num_labels, task.name)
+    max_length = _max_length(max_length, run_config, model)
+    tokenizer = _tokenizer_for(model_dir, run_config)
     rows = []
     for name in ([split] if split else list(task.eval_splits)):
         data = encode(task.load(data_dir, name), tokenizer, max_length,
@@ -231,9 +263,15 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     from nanoft.data import encode
     from nanoft.tasks import Examples
     from nanoft.train.evaluate import predict_logits
-    from nanoft.weights import Truncation, load_model
+    from nanoft.weights import Truncation
 
     model_dir, run_config = _run_or_model(path)
+    if output_file is not None and Path(output_file).suffix.lower() not in (".csv", ".tsv", ".jsonl"):
+        raise ConfigError(f"cannot write predictions as {Path(output_file).suffix or 'a file without extension'}",
+                          path=output_file, fix="name the output .csv, .tsv or .jsonl")
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError("no config.json: not a run or model directory", path=str(model_dir),
+                              fix="pass a run directory (nanoft train --output) or a Hugging Face model directory")
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     id2label = config.get("id2label") or {}
     regression = config.get("problem_type") == "regression"
@@ -250,11 +288,11 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     n = len(texts)
     examples = Examples(texts=texts, text_pairs=pairs, labels=None, lines=np.asarray(table.lines, dtype=np.int64),
                         source=str(input_file), fingerprint="")
-    max_length = max_length or (run_config or {}).get("max_length") or 128
+    model = _load_trained(model_dir, "regression" if regression else "classification", max_length)
+    max_length = _max_length(max_length, run_config, model)
     tokenizer = _tokenizer_for(model_dir, run_config)
     data = encode(examples, tokenizer, max_length, use_cache=False,
                   truncation=Truncation.from_config(run_config or {}))  # cut long texts as the run did
-    model = load_model(model_dir, head="regression" if regression else "classification")
     logits = predict_logits(model, data, tokenizer.pad_token_id, batch_size)
     records = []
     if regression:

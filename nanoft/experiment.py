@@ -44,8 +44,18 @@ def plan(path: str, only: Optional[List[str]] = None, seeds: Optional[List[int]]
             raise ConfigError(f"unknown top-level key {key!r}", path=path,
                               fix=f"use {', '.join(sorted(TOP_LEVEL))}; run options go under [defaults]")
     experiments = spec.get("experiments") or {}
-    if not experiments:
-        raise ConfigError("no [experiments.NAME] tables", path=path)
+    if not isinstance(experiments, dict) or not experiments:
+        raise ConfigError("no [experiments.NAME] tables", path=path, fix="add e.g. [experiments.baseline]")
+    for name, table in experiments.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"experiments.{name} is {table!r}, not a table of run options", path=path,
+                              fix=f"write [experiments.{name}] with its options below it (lr = 1e-4, ...)")
+    for key, kind, example in (("seeds", list, "seeds = [1, 2, 3]"), ("tasks", list, 'tasks = ["sst2"]'),
+                               ("defaults", dict, "[defaults]"), ("output_root", str, 'output_root = "runs/x"')):
+        if key in spec and not isinstance(spec[key], kind):
+            raise ConfigError(f"{key} is {spec[key]!r}", path=path, fix=f"write it as {example}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in spec.get("seeds", [])):
+        raise ConfigError(f"seeds must be integers, got {spec['seeds']!r}", path=path, fix="e.g. seeds = [1, 2, 3]")
     if only:
         unknown = [n for n in only if n not in experiments]
         if unknown:
@@ -58,7 +68,8 @@ def plan(path: str, only: Optional[List[str]] = None, seeds: Optional[List[int]]
         unknown = [t for t in tasks if t not in file_tasks]
         if unknown:
             raise ConfigError(f"task {unknown[0]!r} is not in the file's tasks", path=path,
-                              fix=f"choose from {', '.join(str(t) for t in file_tasks)}")
+                              fix=f"choose from {', '.join(str(t) for t in file_tasks)}" if file_tasks != [None]
+                              else "the file names no tasks (its runs take their data from [defaults])")
     else:
         tasks = file_tasks
     defaults = spec.get("defaults") or {}

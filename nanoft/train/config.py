@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import collections.abc
 import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -303,14 +305,36 @@ class TrainConfig:
         if self.task and self.train_file:
             raise ConfigError("both --task and --train-file given", fix="use one of them")
 
+    def check_types(self, source: Optional[str] = None) -> None:
+        """Every field holds a value of its declared type (a TOML file or a Python caller can give anything)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), hints[f.name]
+            if not _is_instance(value, kind):
+                raise ConfigError(f"{f.name} must be {_type_name(kind)}, got {value!r}", path=source,
+                                  fix=f"see {f.metadata.get('flag') or '--' + f.name.replace('_', '-')} in "
+                                      "`nanoft train --help`")
+
     def check_values(self) -> "TrainConfig":
+        self.check_types()
+        if self.attention_options and not self.attention:
+            raise ConfigError(f"attention options {sorted(self.attention_options)} given without --attention",
+                              fix="name the kind with --attention, or drop the options")
+        if self.peft_options and not self.peft:
+            raise ConfigError(f"PEFT options {sorted(self.peft_options)} given without --peft (they would be ignored)",
+                              fix="name the method with --peft (e.g. --peft lora), or drop the options")
+        at_least_one = [name for name in ("train_subset", "max_steps", "log_every", "max_tokens", "eval_batch_size",
+                                          "eval_max_tokens")
+                        if isinstance(getattr(self, name, None), int) and getattr(self, name) < 1]
+        if at_least_one:
+            name = at_least_one[0]
+            raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}",
+                              fix=f"leave --{name.replace('_', '-')} out for its default")
         checks = [
             (self.batch_size >= 1, "batch_size must be ≥ 1"),
             (self.grad_accum >= 1, "grad_accum must be ≥ 1"),
             (self.lr > 0, "lr must be > 0"),
-            (self.eval_batch_size >= 1, "eval_batch_size must be ≥ 1"),
-            (self.eval_max_tokens is None or self.eval_max_tokens >= 1, "eval_max_tokens must be ≥ 1"),
-            (self.epochs > 0 or (self.max_steps or 0) > 0, "epochs or max_steps must be > 0"),
+            (self.epochs > 0 or self.max_steps is not None, "epochs or max_steps must be > 0"),
             (self.max_length >= 2, "max_length must be ≥ 2"),
             (self.warmup >= 0, "warmup must be ≥ 0"),
             (self.precision in PRECISIONS, "precision must be auto, fp32, bf16 or fp16"),
@@ -363,10 +387,19 @@ class TrainConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in names:
-                near = difflib.get_close_matches(key, names, n=1)
-                hint = f"did you mean {near[0]!r}?" if near else "see `nanoft train --help`"
+                option = _peft_option_of_key(key)
+                if option is not None:
+                    hint = f"PEFT options go in one table: peft_options = {{{option} = ...}} (with peft = \"...\")"
+                else:
+                    near = difflib.get_close_matches(key, names, n=1)
+                    hint = f"did you mean {near[0]!r}?" if near else "see `nanoft train --help`"
                 raise ConfigError(f"unknown config key {key!r}", path=source, fix=hint)
-        return cls(**values)
+        try:
+            config = cls(**values)
+        except (TypeError, ValueError) as e:  # __post_init__ on a value of the wrong type
+            raise ConfigError(f"invalid value: {e}", path=source) from None
+        config.check_types(source)
+        return config
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -397,6 +430,54 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _peft_option_of_key(key: str) -> Optional[str]:
+    """`r` for a key spelled like the flag --lora-r (lora_r), else None."""
+    from nanoft import peft
+    from nanoft.peft.registry import flag_of
+
+    for name in peft.names():
+        options = peft.get(name).options
+        for f in dataclasses.fields(options):
+            if flag_of(options, f, name).lstrip("-").replace("-", "_") == key:
+                return f.name
+    return None
+
+
+def _is_instance(value: Any, kind: Any) -> bool:
+    """isinstance for the annotations config fields use: Optional/Union, List/Sequence, Dict, scalars
+    (an int is a valid float; a bool is not an int)."""
+    if kind is Any:
+        return True
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Union:
+        return any(_is_instance(value, arg) for arg in args)
+    if kind is type(None):
+        return value is None
+    if origin in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, (list, tuple)) and all(_is_instance(v, args[0]) for v in value) if args else \
+            isinstance(value, (list, tuple))
+    if origin is dict or kind is dict:
+        return isinstance(value, dict)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind) if isinstance(kind, type) else True
+
+
+def _type_name(kind: Any) -> str:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + (
+            " (or left out)" if type(None) in args else "")
+    if origin in (list, tuple, collections.abc.Sequence):
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(args[0], str(args[0]))}" if args else "a list"
+    if origin is dict or kind is dict:
+        return "a table {key = value}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(kind, str(kind))
 
 
 def to_toml(values: Dict[str, Any]) -> str:

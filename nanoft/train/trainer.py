@@ -131,6 +131,9 @@ class Trainer:
             self.eval_data = {split: build.encode_split(c, self.task, self.tokenizer, split)
                               for split in self.task.eval_splits if split in self.task.splits}
         self.sampler = build.make_sampler(c, self.train_data.lengths, self.dist.world_size)
+        if len(self.sampler) == 0:  # an epoch without a step would loop, evaluating and checkpointing, forever
+            raise NanoftError(f"no training batches: the training data has {len(self.train_data)} examples",
+                              fix="check --train-file / --train-subset")
         (self.steps_per_epoch, self.total_steps, self.optimizer, self.scheduler,
          self.scaler) = build.make_optimization(c, self.model, len(self.sampler), self.precision, self.device)
         self.checkpointer = Checkpointer(self.run_dir, self.tokenizer, self.objective.label_names)
