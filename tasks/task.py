@@ -208,6 +208,10 @@ class Task:
                 raise DataError(f"the saved split has {sum(len(p) for p in parts)} rows but the file has "
                                 f"{len(table.rows)}", path=table.path, fix="the file changed: start a new run")
             return parts
+        if self.carved:  # a run's saved split, for another version of the file: re-carving would mix its parts
+            raise DataError("the file changed since the run carved its train/dev split from it (its SHA-256 "
+                            "differs), so its dev rows are no longer held out", path=table.path,
+                            fix="restore the file the run trained on, or start a new run")
         stratify = None if self.is_regression else labels
         parts = stratified_split(stratify, len(table.rows), fractions, self.seed)
         if any(len(p) == 0 for p in parts):  # an empty dev set would only fail later, at the first evaluation

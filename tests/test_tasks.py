@@ -259,3 +259,36 @@ def test_csv_quoted_newlines_keep_line_numbers(tmp_path):
     task = from_files(path, path, text_columns="review", label_column="sentiment")
     dev = task.load(None, "dev")
     assert dev.texts == ["two\nlines, one review", "short"] and dev.lines.tolist() == [2, 4]
+
+
+def test_many_small_classes_still_get_a_dev_set_of_their_share(tmp_path):
+    """12 classes of 4 rows, 10% dev: rounding class by class gives 0 dev rows; the split falls back to the
+    quantile cut, which gives the overall share (5 of 48), no row twice, seeded."""
+    import numpy as np
+
+    from nanoft.tasks.splits import stratified_split
+
+    labels = np.repeat(np.arange(12), 4)
+    train, dev = stratified_split(labels, 48, (0.9, 0.1), seed=0)
+    assert (len(train), len(dev)) == (43, 5)
+    assert sorted(np.concatenate([train, dev]).tolist()) == list(range(48))
+    assert len(set(labels[dev].tolist())) == 5  # at most one row of a class goes to dev: proportional
+    again = stratified_split(labels, 48, (0.9, 0.1), seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip((train, dev), again))
+    lines = ["text\tlabel"] + [f"row {i}\tc{i % 12}" for i in range(48)]
+    task = from_files(write(tmp_path / "many.tsv", lines), text_columns="text", label_column="label")
+    assert len(task.load(None, "dev")) == 5
+
+
+def test_a_saved_split_of_a_changed_file_is_refused(tmp_path):
+    """A run's task.json keeps its carved split by the file's SHA-256; after the file changes, re-carving would
+    put rows the model trained on into dev, so loading is refused in one line."""
+    lines = ["text\tlabel"] + [f"row {i}\t{i % 2}" for i in range(40)]
+    path = write(tmp_path / "data.tsv", lines)
+    task = from_files(path, text_columns="text", label_column="label")
+    task.load(None, "dev")
+    saved = json.loads(json.dumps(task.to_dict()))
+    write(path, lines + [f"new {i}\t{i % 2}" for i in range(10)])
+    with pytest.raises(DataError) as e:
+        Task.from_dict(saved).load(None, "dev")
+    assert "the file changed" in one_line(e) and str(path) in one_line(e)
