@@ -50,6 +50,9 @@ def _infer_labels(values: List[str], lines: List[int], path: str, is_regression:
         is_regression = numeric and not all(is_int(v) for v in distinct)
     if is_regression:
         return None, True
+    if len(distinct) < 2:
+        raise DataError(f"every row has the label {distinct[0]!r}: a classifier needs at least 2 classes", path=path,
+                        fix="check --label-column, or give a file with several labels")
     if all(is_int(v) for v in distinct):
         distinct.sort(key=int)
     return distinct, False
@@ -69,7 +72,8 @@ def from_files(train_file: Union[str, Path], dev_file: Union[str, Path, None] = 
     for path in files.values():
         if not Path(path).is_file():
             raise DataError("file not found", path=path, fix="check the path")
-    format = format or detect_format(files["train"])
+    formats = {detect_format(path) for path in files.values()}
+    format = format or (formats.pop() if len(formats) == 1 else None)  # None: each file by its own extension
 
     fractions = parse_split(split)
     if fractions is not None and "dev" in files:

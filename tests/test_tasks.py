@@ -292,3 +292,18 @@ def test_a_saved_split_of_a_changed_file_is_refused(tmp_path):
     with pytest.raises(DataError) as e:
         Task.from_dict(saved).load(None, "dev")
     assert "the file changed" in one_line(e) and str(path) in one_line(e)
+
+
+def test_dev_and_test_files_are_read_in_their_own_format(tmp_path):
+    """--train-file x.tsv --dev-file y.csv: each file is parsed by its own extension."""
+    train = write(tmp_path / "train.tsv", ["text\tlabel"] + [f"row {i}\t{i % 2}" for i in range(8)])
+    dev = write(tmp_path / "dev.csv", ["text,label", '"a, quoted row",1', "plain,0"])
+    task = from_files(train, dev, text_columns="text", label_column="label")
+    assert task.load(None, "dev").texts == ["a, quoted row", "plain"]
+
+
+def test_a_single_label_is_refused(tmp_path):
+    train = write(tmp_path / "train.tsv", ["text\tlabel"] + [f"row {i}\t1" for i in range(8)])
+    with pytest.raises(DataError) as e:
+        from_files(train, text_columns="text", label_column="label")
+    assert "at least 2 classes" in one_line(e)
