@@ -79,7 +79,7 @@ def train_and_report(config) -> str:
         lines.append(f"test:       {_fmt_metrics(results['test'])}")
     if results.get("swa"):
         lines.append(f"swa:        {_fmt_metrics(results['swa'])}")
-    lines.append(f"train:      {results['steps']} steps, {results['train_examples']:,} examples, "
+    lines.append(f"train:      {results['steps']} steps on {results['train_examples']:,} training examples, "
                  f"{results['train_seconds']:.1f} s, {results['examples_per_s']:.1f} ex/s, "
                  f"precision {results['precision']}, peak memory {results['peak_memory_mb']:.0f} MiB")
     if results.get("train_flops_per_s"):
@@ -276,13 +276,17 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     id2label = config.get("id2label") or {}
     regression = config.get("problem_type") == "regression"
     task = None
-    if run_config is not None and not text_columns:
+    if run_config is not None:
         try:
             task = _task_for(run_config, None, model_dir)
         except ConfigError:
             task = None
     table = _read_input(input_file, no_header)
-    columns = _predict_columns(table, list(text_columns), task)
+    columns = _predict_columns(table, list(text_columns), None if text_columns else task)
+    if task is not None and task.is_pair and len(columns) != 2:
+        raise ConfigError(f"the run was trained on sentence pairs ({' + '.join(map(str, task.text_columns))}), "
+                          f"but the input gives one text column ({columns[0]!r})", path=input_file,
+                          fix="give both columns: --text-column A --text-column B")
     texts = table.column(columns[0])
     pairs = table.column(columns[1]) if len(columns) > 1 else None
     n = len(texts)
@@ -313,6 +317,10 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     return _write_records(records, output_file)
 
 
+def _tsv_cell(value: Any) -> str:
+    return " ".join(str(value).replace("\r\n", "\n").replace("\r", "\n").replace("\t", "\n").split("\n"))
+
+
 def _write_records(records: List[Dict[str, Any]], output_file: Optional[str],
                    fields: Optional[List[str]] = None) -> str:
     """Predictions as JSONL, CSV or TSV (by the output's extension; stdout: TSV). Table columns: `fields`, else the
@@ -323,10 +331,14 @@ def _write_records(records: List[Dict[str, Any]], output_file: Optional[str],
     else:
         buf = io.StringIO()
         fields = fields or (list(records[0]) if records else ["index"])
-        writer = csv.DictWriter(buf, fieldnames=fields, delimiter="," if fmt == "csv" else "\t", lineterminator="\n",
-                                restval="")
-        writer.writeheader()
-        writer.writerows(records)
+        if fmt == "csv":
+            writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", restval="")
+            writer.writeheader()
+            writer.writerows(records)
+        else:  # TSV as nanoft (and GLUE) read it: no quoting, so a tab or line break inside a cell becomes a space
+            buf.write("\t".join(map(_tsv_cell, fields)) + "\n")
+            for record in records:
+                buf.write("\t".join(_tsv_cell(record.get(name, "")) for name in fields) + "\n")
         text = buf.getvalue()
     if output_file:
         from nanoft.io import atomic_write_text

@@ -129,3 +129,34 @@ def test_config_toml_written_by_a_run_is_valid_json_free_of_paths_objects(traine
 
     TrainConfig.from_dict(read_toml(trained_run / "config.toml"), source="config.toml").validate()
     assert json.loads((trained_run / "task.json").read_text())
+
+
+def test_predict_tsv_output_reads_back_as_input(trained_run, tmp_path):
+    """A text with a tab, a quote and a line break: the .tsv predictions read back through nanoft's TSV reader,
+    one row per input row (tabs and line breaks in cells become spaces; .csv/.jsonl keep texts exactly)."""
+    from nanoft.commands import predict_file
+    from nanoft.tasks.files import read_table
+
+    source = tmp_path / "in.jsonl"
+    rows = ['a "quoted"\tword', "two\nlines", "plain"]
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows), encoding="utf-8")
+    out = tmp_path / "out.tsv"
+    predict_file(str(trained_run), str(source), str(out), [], False, 8, None)
+    table = read_table(out)
+    assert table.column("text") == ['a "quoted" word', "two lines", "plain"]
+    again = tmp_path / "again.jsonl"
+    predict_file(str(trained_run), str(out), str(again), [], False, 8, None)
+    assert [json.loads(line)["text"] for line in again.read_text().splitlines()] == table.column("text")
+
+
+def test_a_pair_run_refuses_single_texts(tiny_task, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "pairs.tsv"
+    data.write_text("a\tb\tlabel\n" + "".join(f"left {i}\tright {i}\t{i % 2}\n" for i in range(16)), encoding="utf-8")
+    out = tmp_path / "pair-run"
+    Trainer(TrainConfig(train_file=str(data), text_columns=["a", "b"], label_column="label",
+                        model=str(tiny_task["model"]), max_steps=1, batch_size=8, max_length=32, output=str(out),
+                        quiet=True, precision="fp32")).fit()
+    texts = tmp_path / "single.txt"
+    texts.write_text("just one text\n", encoding="utf-8")
+    err = fails_in_one_line(monkeypatch, capsys, "predict", str(out), "--input", str(texts))
+    assert "sentence pairs" in err and "--text-column A --text-column B" in err
