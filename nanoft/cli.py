@@ -487,7 +487,7 @@ def glue(models: Tuple[str, ...], data_dir: Optional[str], seeds: str, lr: Optio
 
 @cli.group()
 def bench() -> None:
-    """Benchmarks: load, train, peft, attention, kernels, tokenize. Each prints a table and writes
+    """Benchmarks: speed, memory and accuracy, most against a reference. Each prints a table and writes
     JSON + Markdown to bench/results/ (with device, versions and the command). Pass --help to a
     benchmark for its own options."""
 

@@ -159,7 +159,8 @@ class TrainConfig:
                                         unset="label")
     no_header: bool = _data(False, "Your files have no header row; columns are then 0-based integers.")
     split: Optional[str] = _data(None, "Carve train/dev/test out of --train-file by these fractions, e.g. "
-                                       "0.8,0.1,0.1 (seeded, stratified).")
+                                       "0.8,0.1,0.1 (seeded, stratified).",
+                                 unset="0.9,0.1 when no --dev-file is given")
     data_dir: Optional[str] = _data(None, "Folder holding the task data.", metavar="DIR", unset="$NANOFT_DATA_DIR")
     train_subset: Optional[int] = _data(None, "Train on a seeded random subset of N examples.")
     max_length: int = _data(128, "Truncate inputs to this many tokens; longer than the model's positions "
