@@ -13,12 +13,16 @@ from nanoft import peft
 from nanoft.cli import cli, config_from_cli, train
 from nanoft.train.config import FULL_FINETUNING_LR, TrainConfig, read_toml
 
-SWEEP = Path(__file__).resolve().parents[1] / "bench" / "results" / "lora_sweep.json"
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+SWEEPS = (RESULTS / "lora_sweep.json", RESULTS / "pissa_vera_sweep.json")
 
 
 def recipe():
-    """{method: {"lr": ..., "targets": [...], "alpha": ...}}: the choice the committed sweep file records."""
-    return json.loads(SWEEP.read_text())["meta"]["recipe"]
+    """{method: {"lr": ..., "targets": [...], "alpha": ...}}: the choice the committed sweep files record."""
+    chosen = {}
+    for sweep in SWEEPS:
+        chosen.update(json.loads(sweep.read_text())["meta"]["recipe"])
+    return chosen
 
 
 def parse(*args: str) -> TrainConfig:
@@ -40,7 +44,7 @@ def help_entry(flag: str) -> str:
 
 def test_registry_holds_the_sweeps_choice():
     chosen = recipe()
-    assert set(chosen) >= {"lora", "rslora", "dora"}
+    assert set(chosen) >= {"lora", "rslora", "dora", "pissa", "vera"}
     for method, settings in chosen.items():
         record = peft.get(method)
         assert record.lr == settings["lr"] and record.lr_source, method
@@ -89,3 +93,11 @@ def test_config_toml_records_the_rate_the_run_used(tiny_task, tmp_path, extra, e
     assert saved["lr"] == want
     assert saved.get("peft_options", {}).get("targets", list(peft.options_of("lora")["targets"])) == \
         recipe()["lora"]["targets"]
+
+
+def test_pissa_and_vera_rates_are_their_sweeps_winners():
+    """The committed PiSSA/VeRA sweep names, per method, the run with the best dev score: the registry's rate."""
+    sweep = json.loads((RESULTS / "pissa_vera_sweep.json").read_text())
+    for method, winner in sweep["meta"]["winners_on_dev"]["sst2"].items():
+        best = max((r for r in sweep["rows"] if r["method"] == method), key=lambda r: r["dev_best"])
+        assert winner["lr"] == best["lr"] == peft.get(method).lr, method
