@@ -129,18 +129,23 @@ def _task_for(run_config: Optional[Dict[str, Any]], task_name: Optional[str], mo
     raise ConfigError("which task? this is not a run directory", fix="pass --task NAME")
 
 
-def _load_trained(model_dir: Path, head: str, max_length: Optional[int], num_labels: Optional[int] = None,
-                  task_name: Optional[str] = None) -> Any:
-    """The model with its fine-tuned head, for evaluation or prediction. Refused: a directory without
-    config.json, a label count other than the model's, a head the checkpoint lacks (it would be random, and so
-    would every prediction), a --max-length beyond the model's positions."""
-    from nanoft.weights import load_model
-
+def _model_config(model_dir: Path) -> Dict[str, Any]:
+    """The model directory's config.json (labels, problem type), or one line saying it is not a model."""
     config_file = model_dir / "config.json"
     if not config_file.is_file():
         raise CheckpointError("no config.json: not a run or model directory", path=str(model_dir),
                               fix="pass a run directory (nanoft train --output) or a Hugging Face model directory")
-    saved = json.loads(config_file.read_text(encoding="utf-8")).get("id2label") or {}
+    return json.loads(config_file.read_text(encoding="utf-8"))
+
+
+def _load_trained(model_dir: Path, config: Dict[str, Any], head: str, max_length: Optional[int],
+                  num_labels: Optional[int] = None, task_name: Optional[str] = None) -> Any:
+    """The model with its fine-tuned head, for evaluation or prediction (`config`: its `_model_config`).
+    Refused: a label count other than the model's, a head the checkpoint lacks (it would be random, and so
+    would every prediction), a --max-length beyond the model's positions."""
+    from nanoft.weights import load_model
+
+    saved = config.get("id2label") or {}
     if num_labels is not None and head == "classification" and saved and len(saved) != num_labels:
         raise ConfigError(f"the model predicts {len(saved)} labels but task {task_name} has {num_labels}",
                           path=str(model_dir), fix="evaluate it on the task it was trained on (leave out --task)")
@@ -171,7 +176,7 @@ def evaluate_path(path: str, task_name: Optional[str], split: Optional[str], dat
     task = _task_for(run_config, task_name, model_dir)
     data_dir = data_dir or (run_config or {}).get("data_dir")
     head = "regression" if task.is_regression else "classification"
-    model = _load_trained(model_dir, head, max_length, task.num_labels, task.name)
+    model = _load_trained(model_dir, _model_config(model_dir), head, max_length, task.num_labels, task.name)
     max_length = _max_length(max_length, run_config, model)
     tokenizer = _tokenizer_for(model_dir, run_config)
     rows = []
@@ -269,10 +274,7 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     if output_file is not None and Path(output_file).suffix.lower() not in (".csv", ".tsv", ".jsonl"):
         raise ConfigError(f"cannot write predictions as {Path(output_file).suffix or 'a file without extension'}",
                           path=output_file, fix="name the output .csv, .tsv or .jsonl")
-    if not (model_dir / "config.json").is_file():
-        raise CheckpointError("no config.json: not a run or model directory", path=str(model_dir),
-                              fix="pass a run directory (nanoft train --output) or a Hugging Face model directory")
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config = _model_config(model_dir)
     id2label = config.get("id2label") or {}
     regression = config.get("problem_type") == "regression"
     task = None
@@ -292,7 +294,7 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     n = len(texts)
     examples = Examples(texts=texts, text_pairs=pairs, labels=None, lines=np.asarray(table.lines, dtype=np.int64),
                         source=str(input_file), fingerprint="")
-    model = _load_trained(model_dir, "regression" if regression else "classification", max_length)
+    model = _load_trained(model_dir, config, "regression" if regression else "classification", max_length)
     max_length = _max_length(max_length, run_config, model)
     tokenizer = _tokenizer_for(model_dir, run_config)
     data = encode(examples, tokenizer, max_length, use_cache=False,
