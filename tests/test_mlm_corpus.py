@@ -245,3 +245,62 @@ def test_resumed_run_keeps_its_trained_tokenizer(tiny_task, tmp_path):
     assert resumed.tokenizer.source == str(first.run_dir.checkpoint)  # read back, not trained again
     assert resumed.tokenizer.backend.get_vocab() == first.tokenizer.backend.get_vocab()
     resumed.fit()
+
+
+# ------------------------------------------------------------------ several tasks, step exports
+def test_corpus_of_several_tasks_keeps_each_task_and_its_pairs(minilm_dir, data_dir):
+    """--task cola,rte: the documents are CoLA's then RTE's, RTE's pairs stay pairs, and the packed stream is
+    exactly each task tokenized on its own, laid end to end (nothing lost, nothing joined differently)."""
+    from nanoft.data.packing import tokenize_stream
+    from nanoft.tasks import get_task
+    from nanoft.train.corpus import load_corpus
+
+    config = PretrainConfig(task="cola,rte", data_dir=str(data_dir), model=str(minilm_dir)).validate()
+    (texts, pairs), (dev, dev_pairs), name = load_corpus(config)
+    cola, rte = (get_task(n).load(str(data_dir), "train") for n in ("cola", "rte"))
+    assert name == "cola+rte" and texts == cola.texts + rte.texts
+    assert pairs == [None] * len(cola.texts) + rte.text_pairs
+    assert len(dev) == len(get_task("cola").load(str(data_dir), "dev").texts) + 277 and dev_pairs[-1] is not None
+    tok = nanoft.load_tokenizer(minilm_dir)
+    ids, special, _ = tokenize_stream(tok, texts, pairs)
+    alone = [tokenize_stream(tok, cola.texts)[0], tokenize_stream(tok, rte.texts, rte.text_pairs)[0]]
+    assert np.array_equal(ids, np.concatenate(alone))
+    assert special.sum() == 2 * len(cola.texts) + 3 * len(rte.texts)  # [CLS] a [SEP] / [CLS] a [SEP] b [SEP]
+
+
+@pytest.mark.parametrize("task, match", [("cola,nope", "unknown task 'nope'"), ("cola,,rte", "distinct task names"),
+                                         ("cola,cola", "distinct task names")])
+def test_bad_task_list_is_refused(task, match, data_dir):
+    from nanoft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        PretrainConfig(task=task, data_dir=str(data_dir)).validate()
+
+
+def test_export_every_keeps_the_model_at_each_step(tiny_task, tmp_path):
+    """--export-every 2: RUN/step-2/ holds the weights a run paused at step 2 had (the same seed, the same
+    schedule), RUN/step-4/ the final weights; both load in transformers with nanoft's logits."""
+    import transformers as tf
+
+    trainer = build_pretraining(pretrain_config(tiny_task, tmp_path, export_every=2), progress=False)
+    trainer.fit()
+    paused = build_pretraining(pretrain_config(tiny_task, tmp_path, output=str(tmp_path / "paused")), progress=False)
+    assert paused.fit(stop_at_step=2) == {"stopped_at": 2}
+    at_two, at_four = (nanoft.load_model(trainer.run_dir.step_export(step), head="masked-lm").state_dict()
+                       for step in (2, 4))
+    ours_two, ours_final = paused.model.state_dict(), trainer.model.state_dict()
+    assert set(at_two) == set(ours_two) and len(at_two) > 10
+    assert all(torch.equal(at_two[k], ours_two[k]) for k in at_two)
+    assert all(torch.equal(at_four[k], ours_final[k]) for k in at_four)
+    assert any(not torch.equal(at_two[k], at_four[k]) for k in at_two)
+    at_zero = nanoft.load_model(trainer.run_dir.step_export(0), head="masked-lm").state_dict()
+    start = build_pretraining(pretrain_config(tiny_task, tmp_path, output=str(tmp_path / "start")), progress=False)
+    assert all(torch.equal(at_zero[k], v) for k, v in start.model.state_dict().items())  # before any step
+    batch = torch.tensor([[2, 7, 9, 11, 3]])
+    for step in (2, 4):
+        folder = trainer.run_dir.step_export(step)
+        hf = tf.AutoModelForMaskedLM.from_pretrained(folder).eval()
+        with torch.no_grad():
+            assert_close(nanoft.load_model(folder, head="masked-lm").eval()(batch), hf(input_ids=batch).logits,
+                         **TOL)
+    assert not (tmp_path / "paused" / "step-2").exists()  # no exports unless asked

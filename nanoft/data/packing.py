@@ -74,7 +74,8 @@ def _stream_arrays(tokenizer: Any, texts: Sequence[str], pairs: Optional[Sequenc
     starts: List[np.ndarray] = []
     for begin in range(0, len(texts), CHUNK):
         end = min(begin + CHUNK, len(texts))
-        inputs = list(texts[begin:end]) if pairs is None else list(zip(texts[begin:end], pairs[begin:end]))
+        inputs = list(texts[begin:end]) if pairs is None else [
+            text if pair is None else (text, pair) for text, pair in zip(texts[begin:end], pairs[begin:end])]
         for enc in backend.encode_batch(inputs, add_special_tokens=True):
             n = len(enc.ids)
             is_special = np.asarray(enc.special_tokens_mask, dtype=bool)
@@ -111,7 +112,7 @@ def stream_key(tokenizer: Any, texts: Sequence[str], pairs: Optional[Sequence[st
     for text in texts:
         h.update(text.encode("utf-8") + b"\x00")
     for text in pairs or []:
-        h.update(b"\x01" + text.encode("utf-8") + b"\x00")
+        h.update(b"\x02" if text is None else b"\x01" + text.encode("utf-8") + b"\x00")
     return h.hexdigest()
 
 

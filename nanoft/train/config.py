@@ -282,6 +282,9 @@ class TrainConfig:
     tensorboard: bool = _run(False, "Also write TensorBoard events (needs tensorboard installed).")
     checkpoint_every: Optional[int] = _run(None, "Also checkpoint every N steps.",
                                            unset="at each evaluation and at the end")
+    export_every: Optional[int] = _run(None, "Also export the model every N steps to RUN/step-N/ (HF layout, "
+                                             "loadable by --model), and the starting model to RUN/step-0/: "
+                                             "checkpoints along a pretraining curve.")
 
     def __post_init__(self) -> None:
         # lr None means "this run's default", resolved once here so that the trainer, config.toml and every
@@ -325,7 +328,7 @@ class TrainConfig:
             raise ConfigError(f"PEFT options {sorted(self.peft_options)} given without --peft (they would be ignored)",
                               fix="name the method with --peft (e.g. --peft lora), or drop the options")
         at_least_one = [name for name in ("train_subset", "max_steps", "log_every", "max_tokens", "eval_batch_size",
-                                          "eval_max_tokens")
+                                          "eval_max_tokens", "export_every")
                         if isinstance(getattr(self, name, None), int) and getattr(self, name) < 1]
         if at_least_one:
             name = at_least_one[0]

@@ -11,8 +11,9 @@ from nanoft.errors import ConfigError, DataError
 
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".ndjson")
 
-# (texts, second texts of pairs or None): what the packer tokenizes.
-Documents = Tuple[List[str], Optional[List[str]]]
+# (texts, second texts of pairs or None): what the packer tokenizes. In a corpus of several tasks the
+# pairs list holds None for the single texts.
+Documents = Tuple[List[str], Optional[List[Optional[str]]]]
 
 
 def read_documents(path: str, text_column: Optional[str] = None) -> List[str]:
@@ -51,15 +52,24 @@ def split_fraction(split: Optional[str]) -> float:
         raise ConfigError(f"--split {split!r} is not a fraction", fix="e.g. --split 0.05") from None
 
 
+def _joined(splits) -> Documents:
+    """Several tasks' splits as one document list, in order; pairs stay pairs (None for single texts)."""
+    texts = [t for split in splits for t in split.texts]
+    if all(split.text_pairs is None for split in splits):
+        return texts, None
+    pairs = [p for split in splits for p in (split.text_pairs or [None] * len(split.texts))]
+    return texts, pairs
+
+
 def load_corpus(config) -> Tuple[Documents, Documents, str]:
     """(train documents, held-out documents, a name for the corpus) from a PretrainConfig."""
     if config.task:
         from nanoft.tasks import get_task
 
-        task = get_task(config.task)
-        train = task.load(config.data_dir, "train")
-        dev = task.load(config.data_dir, task.eval_splits[0])
-        return (train.texts, train.text_pairs), (dev.texts, dev.text_pairs), task.name
+        tasks = [get_task(name.strip()) for name in config.task.split(",")]
+        train = [task.load(config.data_dir, "train") for task in tasks]
+        dev = [task.load(config.data_dir, task.eval_splits[0]) for task in tasks]
+        return _joined(train), _joined(dev), "+".join(task.name for task in tasks)
     column = config.text_columns[0] if config.text_columns else None
     docs = read_documents(config.text_file, column)
     if config.dev_file:

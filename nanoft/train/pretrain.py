@@ -17,7 +17,7 @@ import torch
 
 from nanoft.data.packing import pack
 from nanoft.errors import ConfigError
-from nanoft.train.config import TrainConfig, _section, _tasks
+from nanoft.train.config import TrainConfig, _section
 
 # Sections of `nanoft pretrain --help`, in order: the TrainConfig sections it keeps plus its own.
 SECTIONS = {
@@ -43,9 +43,9 @@ class PretrainConfig(TrainConfig):
     # ---- corpus (TrainConfig's task / dev_file / split / text_columns take pretraining meanings here)
     text_file: Optional[str] = _data(None, "Corpus: plain text with one document per line, or a TSV/CSV/JSONL "
                                            "file with --text-column.", metavar="FILE")
-    task: Optional[str] = _data(None, "Pretrain on a built-in task's train texts (labels ignored, pairs joined as "
-                                      "the family joins them); its dev texts are held out.",
-                                choices=_tasks)
+    task: Optional[str] = _data(None, "Pretrain on built-in tasks' train texts, one task or several "
+                                      "comma-separated (e.g. imdb,agnews,sst2); labels ignored, pairs joined as the "
+                                      "family joins them; their dev texts are held out.", metavar="TASK[,TASK...]")
     dev_file: Optional[str] = _data(None, "Held-out documents for perplexity, in --text-file's format.",
                                     metavar="FILE")
     split: Optional[str] = _data("0.05", "Without --dev-file: hold out this fraction of the documents (seeded).")
@@ -79,6 +79,18 @@ class PretrainConfig(TrainConfig):
             raise ConfigError("no corpus given", fix="pass --text-file FILE or --task NAME")
         if self.task and self.text_file:
             raise ConfigError("both --task and --text-file given", fix="use one of them")
+        if self.task:
+            from nanoft.tasks import get_task
+
+            names = [name.strip() for name in self.task.split(",")]
+            if "" in names or len(set(names)) != len(names):
+                raise ConfigError(f"--task {self.task!r}: give distinct task names separated by commas",
+                                  fix="e.g. --task imdb,agnews,sst2")
+            for name in names:
+                try:
+                    get_task(name)
+                except ConfigError as error:  # the known tasks are listed; the way out differs from training's
+                    raise ConfigError(error.message, fix="or pretrain on your own text with --text-file") from None
 
     def check_values(self) -> "PretrainConfig":
         super().check_values()
@@ -163,7 +175,7 @@ def run_tokenizer(config: PretrainConfig) -> Any:
 
         family = ModelConfig.from_file(config.config_json).family
     (texts, pairs), _, name = load_corpus(config)
-    return train_tokenizer(list(texts) + list(pairs or []), family, config.train_tokenizer,
+    return train_tokenizer(list(texts) + [p for p in pairs or [] if p is not None], family, config.train_tokenizer,
                            source=f"tokenizer trained on {config.text_file or name}")
 
 
@@ -179,7 +191,7 @@ def build_pretraining(config: PretrainConfig, device: Optional[str] = None, prog
     if config.model is None:
         config = config.replace(model=str(default_model_path()))
     if config.output is None:
-        corpus = config.task or Path(config.text_file).stem
+        corpus = config.task.replace(",", "+") if config.task else Path(config.text_file).stem
         config = config.replace(output=str(Path("runs") / f"mlm-{corpus}-{'scratch' if config.from_scratch else 'cont'}"
                                                                         f"-s{config.seed}"))
     tokenizer = run_tokenizer(config)

@@ -67,6 +67,10 @@ class RunDir:
     def best(self) -> Path:
         return self.path / BEST
 
+    def step_export(self, step: int) -> Path:
+        """RUN/step-N/: the model as it was after optimizer step N (--export-every)."""
+        return self.path / f"step-{step}"
+
     # ------------------------------------------------------------------ policy
     def exists(self) -> bool:
         return self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())

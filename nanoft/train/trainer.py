@@ -276,6 +276,8 @@ class Trainer:
             if p.step == 0:
                 for technique in self.techniques:
                     technique.before_training(self)
+                if c.export_every and self.dist.is_main:
+                    self.export(self.run_dir.step_export(0))  # the starting point (random weights from scratch)
             wall_start = time.perf_counter()
             outcome = "epoch"
             with StopSignals() as signals:
@@ -325,6 +327,8 @@ class Trainer:
                 return "early"
             if c.checkpoint_every and p.step % c.checkpoint_every == 0:
                 self.save_checkpoint()
+            if c.export_every and p.step % c.export_every == 0 and self.dist.is_main:
+                self.export(self.run_dir.step_export(p.step))
             stop = distributed.any_rank(signals.received is not None, self.dist, self.device)  # all stop together
             if stop or stop_at_step == p.step:
                 self.save_checkpoint()
