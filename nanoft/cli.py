@@ -448,6 +448,9 @@ def report(runs_dir: str, fmt: str, by_task: bool, compare: Optional[str], outpu
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Any other `nanoft train` option for every run, e.g. warmup=0.1; repeatable.")
 @click.option("--dev-text", type=click.Path(), help="Also report each model's masked-LM perplexity on this text file.")
+@click.option("--dev-tasks", metavar="TASK[,TASK...]",
+              help="Also report each model's masked-LM perplexity on these tasks' held-out texts (what `nanoft "
+                   "pretrain --task` on them evaluates).")
 @click.option("--select", type=click.Choice(["final", "best"]), default="final", show_default=True,
               help="Score a run by its last evaluation (as run_glue) or its best one.")
 @click.option("--output-root", default="runs/glue", show_default=True, type=click.Path(), help="Folder for the runs.")
@@ -457,8 +460,8 @@ def report(runs_dir: str, fmt: str, by_task: bool, compare: Optional[str], outpu
 @click.option("--no-run", is_flag=True, help="Only tabulate the runs already in --output-root.")
 def glue(models: Tuple[str, ...], data_dir: Optional[str], seeds: str, lr: Optional[float], batch_size: Optional[int],
          epochs: Optional[float], max_length: Optional[int], train_subset: Optional[int], options: Tuple[str, ...],
-         dev_text: Optional[str], select: str, output_root: str, output_file: Optional[str], fmt: str,
-         no_run: bool) -> None:
+         dev_text: Optional[str], dev_tasks: Optional[str], select: str, output_root: str,
+         output_file: Optional[str], fmt: str, no_run: bool) -> None:
     """Fine-tune on every GLUE task in --data-dir with one recipe and N seeds; print the GLUE table (max over
     seeds for CoLA, RTE, WNLI, MRPC, STS-B, mean for the rest; absent tasks shown absent)."""
     from nanoft.glue import glue_report, parse_options
@@ -473,7 +476,8 @@ def glue(models: Tuple[str, ...], data_dir: Optional[str], seeds: str, lr: Optio
 
         models = (str(default_model_path()),)
     seed_list = parse_seeds(seeds)
-    report = glue_report(list(models), output_root, seed_list, data_dir, values, dev_text, select, run=not no_run)
+    report = glue_report(list(models), output_root, seed_list, data_dir, values, dev_text, select, run=not no_run,
+                         dev_tasks=dev_tasks)
     if output_file:
         from nanoft.io import atomic_write_text
 

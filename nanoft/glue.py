@@ -222,10 +222,13 @@ def render(rows: List[Tuple[str, Dict[str, Any], Optional[float]]], fmt: str = "
     return render_table(header, body, fmt, right=[False] + [True] * (len(header) - 1))
 
 
-def model_perplexity(model: str, text_file: str, max_length: int) -> Optional[float]:
-    """Masked-LM perplexity on `text_file` (the fixed seeded mask of `nanoft eval --objective mlm`), or None for a
+def model_perplexity(model: str, text_file: Optional[str], max_length: int, dev_tasks: Optional[str] = None,
+                     data_dir: Optional[str] = None) -> Optional[float]:
+    """Masked-LM perplexity on `text_file`, or on the held-out texts of `dev_tasks` (what `nanoft pretrain --task`
+    on those tasks evaluates), with the fixed seeded mask of `nanoft eval --objective mlm`; None for a
     checkpoint without a masked-LM head (a random head's perplexity would mean nothing)."""
-    from nanoft.train.pretrain import evaluate_text
+    from nanoft.train.corpus import task_documents
+    from nanoft.train.pretrain import evaluate_documents, evaluate_text
     from nanoft.weights import load_model
 
     directory = resolve_model(model)
@@ -233,18 +236,27 @@ def model_perplexity(model: str, text_file: str, max_length: int) -> Optional[fl
     if any(name.startswith("head.") for name in report.initialised):
         log.warning("%s has no masked-LM head: no perplexity", model)
         return None
-    return evaluate_text(directory, text_file, max_length)["perplexity"]
+    if text_file:
+        return evaluate_text(directory, text_file, max_length)["perplexity"]
+    texts, pairs = task_documents(dev_tasks or "", data_dir, "held-out")
+    return evaluate_documents(directory, texts, pairs, max_length, source=f"held-out texts of {dev_tasks}")["perplexity"]
 
 
 def glue_report(models: Sequence[str], output_root: str = "runs/glue", seeds: Sequence[int] = (1, 2, 3),
                 data_dir: Optional[str] = None, options: Optional[Dict[str, Any]] = None,
                 dev_text: Optional[str] = None, select: str = "final", fmt: str = "markdown",
-                run: bool = True) -> Dict[str, Any]:
+                run: bool = True, dev_tasks: Optional[str] = None) -> Dict[str, Any]:
     """Run (unless `run=False`) and tabulate: {"markdown", "csv", "failed", "rows"} for `nanoft glue`."""
     if select not in ("final", "best"):
         raise ConfigError(f"--select {select!r}", fix="use final or best")
     if not seeds:
         raise ConfigError("no seeds given", fix="e.g. --seeds 1,2,3")
+    if dev_text and dev_tasks:
+        raise ConfigError("both --dev-text and --dev-tasks given", fix="use one of them")
+    if dev_tasks:
+        from nanoft.train.pretrain import PretrainConfig
+
+        PretrainConfig(task=dev_tasks, data_dir=data_dir).check_data()  # unknown or repeated names: one line
     lines: List[Tuple[str, Dict[str, Any], Optional[float]]] = []
     failed: List[str] = []
     max_length = int((options or {}).get("max_length", RECIPE["max_length"]))
@@ -259,7 +271,8 @@ def glue_report(models: Sequence[str], output_root: str = "runs/glue", seeds: Se
             raise DataError("no GLUE task ran: none has train and dev files in the data folder",
                             path=str(data_dir or "$NANOFT_DATA_DIR"),
                             fix="pass --data-dir DIR holding e.g. sst2/train.tsv and sst2/dev.tsv")
-        perplexity = model_perplexity(model, dev_text, max_length) if dev_text else None
+        perplexity = model_perplexity(model, dev_text, max_length, dev_tasks, data_dir) \
+            if dev_text or dev_tasks else None
         lines.append((model, table_row(runs, "glue"), perplexity))
         lines.append((f"{model} (mean over seeds)", table_row(runs, "mean"), None))
         lines.append((f"{model} (std over seeds)", table_row(runs, "std"), None))

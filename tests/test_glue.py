@@ -117,3 +117,25 @@ def test_seeds_combine_as_glue_reports_do():
     assert mean["avg all"] == pytest.approx((60 + 72.5 + 75 + 35) / 4)
     std = table_row(runs, "std")
     assert std["RTE acc"] == pytest.approx(statistics.stdev([60, 70, 50]))
+
+
+def test_dev_tasks_perplexity_is_what_the_pretraining_run_recorded(tiny_task, glue_like_data, tmp_path):
+    """A model pretrained with --task sst2,cola and `--dev-tasks sst2,cola` see the same held-out texts under the
+    same fixed mask: the table's perplexity equals the run's own final evaluation (fp32 both)."""
+    from nanoft.glue import model_perplexity
+    from nanoft.train.pretrain import PretrainConfig, pretrain
+
+    results = pretrain(PretrainConfig(task="sst2,cola", data_dir=str(glue_like_data), model=str(tiny_task["model"]),
+                                      max_length=16, batch_size=8, max_steps=3, lr=3e-3, output=str(tmp_path / "run"),
+                                      quiet=True, seed=0, precision="fp32"), progress=False)
+    recorded = results["final"]["dev"]["perplexity"]
+    got = model_perplexity(str(tmp_path / "run" / "best"), None, 16, "sst2,cola", str(glue_like_data))
+    assert got == pytest.approx(recorded, rel=1e-5)
+    only_sst2 = model_perplexity(str(tmp_path / "run" / "best"), None, 16, "sst2", str(glue_like_data))
+    assert only_sst2 != pytest.approx(recorded, rel=1e-4)  # the task list decides the texts
+
+
+def test_dev_text_and_dev_tasks_together_are_refused(tmp_path):
+    done = CliRunner().invoke(cli, ["glue", "--dev-text", "x.txt", "--dev-tasks", "sst2", "--no-run",
+                                    "--output-root", str(tmp_path)])
+    assert done.exit_code != 0 and "both --dev-text and --dev-tasks" in str(done.exception or done.output)

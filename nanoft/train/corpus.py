@@ -61,15 +61,20 @@ def _joined(splits) -> Documents:
     return texts, pairs
 
 
+def task_documents(names: str, data_dir: Optional[str], part: str) -> Documents:
+    """The texts of comma-separated built-in tasks: their "train" splits, or their "held-out" ones (each task's
+    first evaluation split, the texts a pretraining run on those tasks never trains on)."""
+    from nanoft.tasks import get_task
+
+    tasks = [get_task(name.strip()) for name in names.split(",")]
+    return _joined([task.load(data_dir, "train" if part == "train" else task.eval_splits[0]) for task in tasks])
+
+
 def load_corpus(config) -> Tuple[Documents, Documents, str]:
     """(train documents, held-out documents, a name for the corpus) from a PretrainConfig."""
     if config.task:
-        from nanoft.tasks import get_task
-
-        tasks = [get_task(name.strip()) for name in config.task.split(",")]
-        train = [task.load(config.data_dir, "train") for task in tasks]
-        dev = [task.load(config.data_dir, task.eval_splits[0]) for task in tasks]
-        return _joined(train), _joined(dev), "+".join(task.name for task in tasks)
+        return task_documents(config.task, config.data_dir, "train"), \
+            task_documents(config.task, config.data_dir, "held-out"), config.task.replace(",", "+")
     column = config.text_columns[0] if config.text_columns else None
     docs = read_documents(config.text_file, column)
     if config.dev_file:
@@ -78,4 +83,4 @@ def load_corpus(config) -> Tuple[Documents, Documents, str]:
     return (train, None), (dev, None), Path(config.text_file).stem
 
 
-__all__ = ["read_documents", "hold_out", "load_corpus", "Documents"]
+__all__ = ["read_documents", "hold_out", "load_corpus", "task_documents", "Documents"]
