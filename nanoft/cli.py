@@ -512,6 +512,7 @@ BENCHES = {
     "parity": ("nanoft.bench.parity", "cli", "Accuracy (seeds, Welch's t) and speed vs transformers on every shared task."),
     "convert": ("nanoft.bench.convert", "main", "How far each converted attention kind starts from the checkpoint: per-layer error, [CLS] cosine."),
     "tapt": ("nanoft.bench.tapt", "main", "Task-adaptive masked-LM pretraining: perplexity before/after, fine-tuning with vs without, seeds."),
+    "scratch": ("nanoft.bench.scratch", "main", "A from-scratch pretraining run judged by its masked-LM curve and the GLUE table of its checkpoints."),
 }
 
 
