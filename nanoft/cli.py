@@ -508,6 +508,7 @@ BENCHES = {
     "multinode": ("nanoft.bench.multinode", "main", "1 process vs 2 torchrun nodes on loopback (gloo): steps/s, restart time."),
     "mlm": ("nanoft.bench.mlm", "main", "Masked-LM training tokens/s vs transformers BertForMaskedLM (same blocks, same run)."),
     "unpad": ("nanoft.bench.unpad", "main", "Unpadded vs padded encoder: training examples/s on the same batches."),
+    "sparse-runs": ("nanoft.bench.sparse_runs", "main", "Sparse-training tables from `nanoft run` folders: metric over seeds, fraction of dense, sparsity three ways."),
     "peft-runs": ("nanoft.bench.peft_runs", "main", "PEFT tables from `nanoft run` folders: sweep winners; mean ± std over seeds, size, speed, memory."),
     "parity": ("nanoft.bench.parity", "cli", "Accuracy (seeds, Welch's t) and speed vs transformers on every shared task."),
     "convert": ("nanoft.bench.convert", "main", "How far each converted attention kind starts from the checkpoint: per-layer error, [CLS] cosine."),

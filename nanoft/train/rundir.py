@@ -326,5 +326,16 @@ def _read_json(path: Path) -> Dict[str, Any]:
 
 
 def run_dirs(root: Union[str, Path]) -> List[RunDir]:
-    """Every finished run (a folder with results.json) under `root`, in path order."""
-    return [RunDir(p.parent) for p in sorted(Path(root).rglob(RESULTS))]
+    """Every finished run (a folder with results.json) under `root`, in path order. Linked folders are followed
+    (e.g. a dense baseline linked from another study), each real folder once."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or a second link to the same runs
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders.sort()
+        if RESULTS in files:
+            found.append(Path(folder))
+    return [RunDir(p) for p in sorted(found)]
