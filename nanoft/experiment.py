@@ -279,6 +279,8 @@ def _cells(stats: Optional[Dict[str, float]], csv_cells: bool, digits: int) -> L
         return [f"{stats[k]:.6g}" for k in ("mean", "std", "max")] if stats else ["", "", ""]
     if stats is None:
         return ["-"]
+    if stats.get("n") == 1:  # no spread to show: a ± 0 would read as a measured zero
+        return [f"{stats['mean']:.{digits}f} (one seed)"]
     return [f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} / {stats['max']:.{digits}f}"]
 
 

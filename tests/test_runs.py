@@ -72,6 +72,15 @@ def test_report_mean_std_max(tmp_path):
     assert row["sparsity.model"]["mean"] == pytest.approx(0.35) and row["sparsity.model"]["std"] == pytest.approx(0.1)
 
 
+def test_report_of_one_seed_shows_no_spread(tmp_path):
+    d = tmp_path / "runs" / "full" / "seed1"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"best": {"metrics": {"dev": {"accuracy": 0.8941}}},
+                                                "train_seconds": 12.0}))
+    text = report_text(str(tmp_path / "runs"), "markdown")
+    assert "0.8941 (one seed)" in text and "12.0 (one seed)" in text and "±" not in text.splitlines()[-1]
+
+
 DDP_SCRIPT = """
 import sys
 from nanoft.train import Trainer, TrainConfig
