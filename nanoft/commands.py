@@ -409,9 +409,14 @@ def predict_adapters_file(base: str, adapters: List[str], adapter_column: Option
 
     specs = _adapter_specs(adapters)
     base_path = Path(base)
-    if RunDir(base_path).is_run() or (base_path / "adapter").is_dir():
-        raise ConfigError("the base is a fine-tuned run or model, whose weights have an adapter merged in",
+    if (base_path / "adapter").is_dir() or (RunDir(base_path).is_run() and (base_path / "best" / "adapter").is_dir()):
+        raise ConfigError("the base is a `train --peft` run or model, whose weights have an adapter merged in",
                           path=str(base_path), fix="pass the base checkpoint the adapters were trained from")
+    if RunDir(base_path).is_run():
+        raise ConfigError("the base is a run directory (fully fine-tuned weights, not the checkpoint adapters are "
+                          "trained from)", path=str(base_path),
+                          fix="pass the base checkpoint the adapters were trained from, or drop --adapter to predict "
+                              "with this run")
     table = _read_input(input_file, no_header)
     if adapter_column is None:
         if len(specs) > 1:

@@ -358,3 +358,10 @@ def test_predict_cli_routes_each_row_to_its_adapter(tiny_config, tiny_task, tmp_
     code, out, err = _run_cli(["predict", runs["senti"] / "best", "--adapter", f"senti={runs['senti']}",
                                "--input", tmp_path / "in.tsv", "--adapter-column", "task"], capsys)
     assert code != 0 and "adapter merged in" in err
+    # a fully fine-tuned run as the base: said as what it is, with the way out
+    full_run = tmp_path / "full-run"
+    full_run.mkdir()
+    (full_run / "config.toml").write_text('task = "sst2"\n')
+    code, out, err = _run_cli(["predict", full_run, "--adapter", f"senti={runs['senti']}",
+                               "--input", tmp_path / "in.tsv", "--adapter-column", "task"], capsys)
+    assert code != 0 and "fully fine-tuned weights" in err and "drop --adapter" in err and "merged" not in err
