@@ -307,3 +307,27 @@ def test_a_single_label_is_refused(tmp_path):
     with pytest.raises(DataError) as e:
         from_files(train, text_columns="text", label_column="label")
     assert "at least 2 classes" in one_line(e)
+
+
+def test_label_type_forces_how_labels_are_read(tmp_path):
+    """0.0/1.0 labels read as regression unless --label-type classification; integer scores as classes unless
+    --label-type regression; a built-in task refuses the option."""
+    from nanoft.errors import ConfigError
+    from nanoft.train import build
+    from nanoft.train.config import TrainConfig
+
+    floats = tmp_path / "floats.tsv"
+    floats.write_text("text\tlabel\n" + "".join(f"row {i}\t{i % 2}.0\n" for i in range(20)))
+    scores = tmp_path / "scores.tsv"
+    scores.write_text("text\tlabel\n" + "".join(f"row {i}\t{1 + i % 5}\n" for i in range(20)))
+
+    def task(path, label_type):
+        return build.load_task(TrainConfig(train_file=str(path), label_type=label_type).validate())
+
+    assert task(floats, "auto").is_regression
+    forced = task(floats, "classification")
+    assert not forced.is_regression and forced.label_names == ["0.0", "1.0"]
+    assert task(scores, "auto").label_names == ["1", "2", "3", "4", "5"]
+    assert task(scores, "regression").is_regression
+    with pytest.raises(ConfigError, match="--label-type applies to --train-file"):
+        TrainConfig(task="sst2", label_type="regression").validate()

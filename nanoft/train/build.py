@@ -30,7 +30,8 @@ def load_task(config: TrainConfig) -> Any:
         return get_task(config.task)
     return from_files(config.train_file, config.dev_file, config.test_file,
                       text_columns=config.text_columns or ["text"], label_column=config.label_column or "label",
-                      has_header=not config.no_header, split=config.split, seed=config.seed)
+                      has_header=not config.no_header, split=config.split, seed=config.seed,
+                      is_regression={"auto": None, "classification": False, "regression": True}[config.label_type])
 
 
 def load_model_for(config: TrainConfig, head: str, num_labels: int) -> Tuple[EncoderModel, Any]:

@@ -38,6 +38,7 @@ SECTIONS = {
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FULL_FINETUNING_LR = 5e-5  # BERT's rate; each PEFT method carries its own recipe rate (nanoft.peft registry)
 SAMPLERS = ("bucket", "random")
+LABEL_TYPES = ("auto", "classification", "regression")
 
 
 # Choice lists come from the registries, read when the CLI is built (so later registrations count).
@@ -157,6 +158,9 @@ class TrainConfig:
                                     factory=list, flag="--text-column", multiple=True, unset="text")
     label_column: Optional[str] = _data(None, "Label column of your file (integers, names or floats).",
                                         unset="label")
+    label_type: str = _data("auto", "How --train-file's labels are read: auto (integers or names are classes, other "
+                                    "numbers regression), classification (e.g. labels 0.0/1.0) or regression (e.g. "
+                                    "integer scores 1-5).", choices=list(LABEL_TYPES))
     no_header: bool = _data(False, "Your files have no header row; columns are then 0-based integers.")
     split: Optional[str] = _data(None, "Carve train/dev/test out of --train-file by these fractions, e.g. "
                                        "0.8,0.1,0.1 (seeded, stratified).",
@@ -343,6 +347,9 @@ class TrainConfig:
             (self.warmup >= 0, "warmup must be ≥ 0"),
             (self.precision in PRECISIONS, "precision must be auto, fp32, bf16 or fp16"),
             (self.sampler in SAMPLERS, "sampler must be bucket or random"),
+            (self.label_type in LABEL_TYPES, "label_type must be auto, classification or regression"),
+            (self.label_type == "auto" or not self.task, "--label-type applies to --train-file (a built-in task "
+                                                         "has its own labels)"),
             (self.rdrop_alpha >= 0, "rdrop_alpha must be ≥ 0"),
             (0 <= self.distill_alpha <= 1, "distill_alpha must be in [0, 1]"),
             (self.distill_temperature > 0, "distill_temperature must be > 0"),

@@ -30,7 +30,7 @@ SECTIONS = {
     "run": "Run directory and logging",
 }
 # TrainConfig fields that mean nothing for pretraining (whole sections not in SECTIONS are left out too).
-NOT_OPTIONS = ("train_file", "test_file", "label_column", "no_header", "train_subset")
+NOT_OPTIONS = ("train_file", "test_file", "label_column", "label_type", "no_header", "train_subset")
 FAMILIES = ("bert", "roberta")
 
 _data, _masking, _scratch = _section("data"), _section("masking"), _section("scratch")
