@@ -428,6 +428,9 @@ def test_teacher_with_a_different_label_set_is_config_error(config, models):
         Trainer(config("named", distill_from=str(named)))
     with pytest.raises(ConfigError, match="no teacher model found"):
         Trainer(config("missing", distill_from=str(models["root"] / "nowhere")))
+    one = _save_tiny(models["root"] / "one", models["vocab"], num_labels=1)  # a regression teacher
+    with pytest.raises(ConfigError, match=r"the teacher is a regression model \(one output\), not a classifier"):
+        Trainer(config("one", distill_from=str(one)))
 
 
 # ------------------------------------------------------------------ all together

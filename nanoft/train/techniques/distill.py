@@ -83,6 +83,10 @@ def check_teacher(model_dir: Path, task: Any) -> None:
         raise ConfigError("distillation needs a classification task", path=str(model_dir),
                           fix="drop --distill-from for regression tasks")
     names = teacher_labels(model_dir)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    if config.get("problem_type") == "regression" or len(names) == 1:
+        raise ConfigError("the teacher is a regression model (one output), not a classifier", path=str(model_dir),
+                          fix="distil from a teacher fine-tuned on this classification task")
     wanted = [str(n) for n in task.label_names]
     if len(names) != len(wanted) or not (_is_default(names) or names == wanted):
         raise ConfigError(f"teacher labels [{', '.join(names)}] differ from the task's [{', '.join(wanted)}]",
