@@ -43,6 +43,15 @@ def curve(run: Path) -> List[Dict[str, Any]]:
     return rows
 
 
+def _run_cost(run: Path) -> Dict[str, Any]:
+    """Training minutes and tokens/s of a finished run (empty while it runs)."""
+    path = run / "results.json"
+    if not path.is_file():
+        return {}
+    results = json.loads(path.read_text(encoding="utf-8"))
+    return {"train_minutes": round(results["train_seconds"] / 60, 1), "tokens_per_s": round(results["tokens_per_s"])}
+
+
 def glue_rows(models: Sequence[tuple], glue_root: str, data_dir: Optional[str], dev_tasks: Optional[str],
               block: int) -> tuple:
     """(JSON rows, the GLUE table in Markdown): (label, model directory, tokens seen or None) per model; the
@@ -111,11 +120,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         models.append((label, str(default_model_path()) if directory == "installed" else directory, None))
     rows, table = glue_rows(models, args.glue_root, args.data_dir, dev_tasks, int(config["max_length"]))
     points = curve(run)
-    sizes = {k: config.get(k) for k in ("family", "num_layers", "hidden_size", "num_heads", "intermediate_size")}
+    built = json.loads((run / "step-0" / "config.json").read_text()) if (run / "step-0" / "config.json").is_file() else {}
+    sizes = {"family": config.get("family"), **{k: built.get(k) for k in ("num_hidden_layers", "hidden_size",
+                                                                          "num_attention_heads", "intermediate_size",
+                                                                          "vocab_size")}}
     meta = {"pretraining": {"run": run.as_posix(), "corpus": config.get("task") or config.get("text_file"),
                             "sizes": sizes, "steps": points[-1]["step"] if points else None,
                             "tokens_per_step": tokens_per_step, "lr": config.get("lr"),
-                            "mask_rate": config.get("mask_rate"), "seed": config.get("seed")},
+                            "mask_rate": config.get("mask_rate"), "seed": config.get("seed"),
+                            **_run_cost(run)},
             "glue": {"root": args.glue_root, "seeds": args.seeds, "command": args.glue_command},
             "perplexity": f"held-out texts of {dev_tasks}, fixed seeded mask (eval_mask_seed 0), fp32",
             "curve": points}
