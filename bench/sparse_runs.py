@@ -60,6 +60,8 @@ def experiment_rows(root: Path, metric: str, baseline: str = "dense") -> List[Di
         c = runs[0]["config"]
         best = scores[name]["best"]
         diff = compare(best, dense) if name != baseline else {}
+        if len(best) < 2 or len(dense) < 2:  # no spread on one side: a t would pretend to know it
+            diff = {**diff, "welch_t": None}
         speed = [float(r["results"]["examples_per_s"]) for r in runs]
         rows.append({
             "experiment": name, "prune": c.get("prune") or "-",

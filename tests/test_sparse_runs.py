@@ -34,13 +34,14 @@ def study(tmp_path):
     for seed, acc in ((1, 0.88), (2, 0.89), (3, 0.87)):
         write_run(root / "rigl80" / f"seed{seed}", f'seed = {seed}\nprune = "rigl"\nsparsity = 0.8\n'
                   f'distill_from = "x"\n', acc, acc - 0.02, counts, speed=80.0)
+    write_run(root / "magnitude80" / "seed1", 'seed = 1\nprune = "magnitude"\nsparsity = 0.8\n', 0.85, 0.85, counts)
     return tmp_path / "sparse"
 
 
 def test_run_dirs_follow_links_once(study):
     names = [(r.path.parent.name, r.path.name) for r in run_dirs(study)]
     assert sorted(names) == sorted([("dense", f"seed{s}") for s in (1, 2, 3)] +
-                                   [("rigl80", f"seed{s}") for s in (1, 2, 3)])
+                                   [("rigl80", f"seed{s}") for s in (1, 2, 3)] + [("magnitude80", "seed1")])
 
 
 def test_sparse_runs_table_equals_a_hand_computation(study, tmp_path, monkeypatch):
@@ -61,6 +62,7 @@ def test_sparse_runs_table_equals_a_hand_computation(study, tmp_path, monkeypatc
     assert (row["pruned_%"], row["encoder_linear_%"], row["model_%"]) == (80.0, 80.0, 37.4)
     assert row["kd"] == "yes" and row["prune"] == "rigl" and row["seeds"] == [1, 2, 3]
     assert rows["dense"]["examples_per_s"] == pytest.approx(102.0) and rows["dense"]["pruned_%"] == "-"
+    assert rows["magnitude80"]["welch_t"] == "-" and rows["magnitude80"]["kd"] == "no"  # one seed: no t
 
 
 def test_sparse_runs_without_the_dense_experiment_is_one_line(tmp_path):
