@@ -75,6 +75,9 @@ def glue_rows(models: Sequence[tuple], glue_root: str, data_dir: Optional[str], 
             if mean[column] is not None:
                 row[f"{column} mean ± std"] = f"{mean[column]:.1f} ± {std[column]:.1f}"
         row["seeds"] = glue["_seeds"]
+        row["per_seed"] = {task: [{split: {k: round(v, 4) for k, v in m.items() if k != "loss"}
+                                   for split, m in scores.items()} for scores in seeds_scores]
+                           for task, seeds_scores in runs.items()}
         rows.append(row)
         lines.append((label, glue, perplexity))
     return rows, render(lines, "markdown")
@@ -137,7 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                  for r in points]
     notes = "\n".join(["## The GLUE table (the old project's shape: max over seeds for CoLA/RTE, mean for SST-2)", "",
                        table, "", "## Masked-LM curve of the pretraining run", ""] + curve_md)
-    out = write_results(args.name, rows, meta={k: v for k, v in meta.items() if k != "curve"},
+    columns = [k for k in rows[0] if k != "per_seed"]  # per-seed scores: in the JSON only
+    out = write_results(args.name, rows, meta={k: v for k, v in meta.items() if k != "curve"}, columns=columns,
                         out_dir=Path(args.out_dir) if args.out_dir else RESULTS_DIR, notes=notes)
     payload = json.loads(out["json"].read_text())
     payload["meta"]["curve"] = points  # in the JSON in full; the Markdown has it as a table
