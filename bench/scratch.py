@@ -22,13 +22,9 @@ from nanoft.errors import ConfigError, DataError
 from nanoft.io import atomic_write_text
 
 
-def curve(run: Path) -> List[Dict[str, Any]]:
+def curve(run: Path, tokens_per_step: int) -> List[Dict[str, Any]]:
     """One row per held-out evaluation: step, tokens seen, the mean logged training loss since the previous
     evaluation, and the held-out loss and perplexity."""
-    from nanoft.train.config import read_toml
-
-    config = read_toml(str(run / "config.toml"))
-    tokens_per_step = int(config["batch_size"]) * int(config.get("grad_accum", 1)) * int(config["max_length"])
     rows, window = [], []
     for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
@@ -122,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise ConfigError(f"--reference {item!r}", fix="write LABEL=DIR, e.g. MiniLM=installed")
         models.append((label, str(default_model_path()) if directory == "installed" else directory, None))
     rows, table = glue_rows(models, args.glue_root, args.data_dir, dev_tasks, int(config["max_length"]))
-    points = curve(run)
+    points = curve(run, tokens_per_step)
     built = json.loads((run / "step-0" / "config.json").read_text()) if (run / "step-0" / "config.json").is_file() else {}
     sizes = {"family": config.get("family"), **{k: built.get(k) for k in ("num_hidden_layers", "hidden_size",
                                                                           "num_attention_heads", "intermediate_size",

@@ -44,10 +44,9 @@ def experiment_rows(root: Path, metric: str, baseline: str = "dense") -> List[Di
     for name, runs in groups.items():
         best, final = [], []
         for run in runs:
-            split = "dev"
             r = run["results"]
-            best_metrics = (r.get("best") or {}).get("metrics", {}).get(split) or {}
-            final_metrics = (r.get("final") or {}).get(split) or {}
+            best_metrics = (r.get("best") or {}).get("metrics", {}).get("dev") or {}
+            final_metrics = (r.get("final") or {}).get("dev") or {}
             if metric not in best_metrics or metric not in final_metrics:
                 raise ConfigError(f"{run['path']}: no dev {metric!r} in results.json",
                                   fix=f"pick one of {sorted(best_metrics)}")
