@@ -256,7 +256,11 @@ def glue_report(models: Sequence[str], output_root: str = "runs/glue", seeds: Se
     if dev_tasks:
         from nanoft.train.pretrain import PretrainConfig
 
-        PretrainConfig(task=dev_tasks, data_dir=data_dir).check_data()  # unknown or repeated names: one line
+        try:  # unknown or repeated names: one line, with glue's own way out
+            PretrainConfig(task=dev_tasks, data_dir=data_dir).check_data()
+        except ConfigError as error:
+            raise ConfigError(f"--dev-tasks: {error.message}",
+                              fix="or measure perplexity on your own text with --dev-text FILE") from None
     lines: List[Tuple[str, Dict[str, Any], Optional[float]]] = []
     failed: List[str] = []
     max_length = int((options or {}).get("max_length", RECIPE["max_length"]))

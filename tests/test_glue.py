@@ -139,3 +139,10 @@ def test_dev_text_and_dev_tasks_together_are_refused(tmp_path):
     done = CliRunner().invoke(cli, ["glue", "--dev-text", "x.txt", "--dev-tasks", "sst2", "--no-run",
                                     "--output-root", str(tmp_path)])
     assert done.exit_code != 0 and "both --dev-text and --dev-tasks" in str(done.exception or done.output)
+
+
+def test_unknown_dev_task_names_the_known_tasks_and_points_to_dev_text(tmp_path):
+    done = CliRunner().invoke(cli, ["glue", "--dev-tasks", "sst2,nope", "--no-run", "--output-root", str(tmp_path)])
+    message = str(done.exception or done.output)
+    assert done.exit_code != 0 and "--dev-tasks" in message and "nope" in message and "sst2" in message
+    assert "--dev-text" in message and "--text-file" not in message
