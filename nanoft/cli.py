@@ -365,8 +365,8 @@ def eval_command(run_or_model: str, task: Optional[str], split: Optional[str], d
 @click.option("--adapter-column", help="With several --adapter: the input column naming each row's adapter.")
 def predict(run_or_model: str, input_file: str, output_file: Optional[str], text_columns: tuple, no_header: bool,
             batch_size: int, max_length: Optional[int], adapters: tuple, adapter_column: Optional[str]) -> None:
-    """Predict labels (with names and probabilities) for every row of a file; the output keeps the texts.
-    With --adapter: many adapters on one base, each row with its own adapter, head and labels."""
+    """Predict labels (with names and probabilities) for every row of a file; the output keeps the texts and
+    each row's line in the input. With --adapter: many adapters on one base, each row with its own adapter, head and labels."""
     from nanoft.commands import predict_adapters_file, predict_file
 
     if adapters:

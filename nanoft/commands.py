@@ -263,8 +263,9 @@ def _output_names(table, columns: List[Any], taken: List[str]) -> List[str]:
 
 def predict_file(path: str, input_file: str, output_file: Optional[str], text_columns: List[str], no_header: bool,
                  batch_size: int, max_length: Optional[int]) -> str:
-    """For each row of `input_file`, in order: its index, the predicted label, its id and every class
-    probability (or the predicted value of a regression), then the input's text column(s)."""
+    """For each row of `input_file`, in order: its index, its line in the file (a .txt skips blank lines; Parquet and
+    Arrow count rows from 1), the predicted label, its id and every class probability (or the predicted value of a
+    regression), then the input's text column(s)."""
     from nanoft.data import encode
     from nanoft.tasks import Examples
     from nanoft.train.evaluate import predict_logits
@@ -303,13 +304,13 @@ def predict_file(path: str, input_file: str, output_file: Optional[str], text_co
     records = []
     if regression:
         for i in range(n):
-            records.append({"index": i, "prediction": float(logits[i])})
+            records.append({"index": i, "line": int(table.lines[i]), "prediction": float(logits[i])})
     else:
         probs = torch.softmax(logits, dim=-1)
         names = [id2label.get(str(j), str(j)) for j in range(probs.shape[1])]
         for i in range(n):
             j = int(probs[i].argmax())
-            rec = {"index": i, "label": names[j], "label_id": j}
+            rec = {"index": i, "line": int(table.lines[i]), "label": names[j], "label_id": j}
             rec.update({f"p_{name}": round(float(probs[i, k]), 6) for k, name in enumerate(names)})
             records.append(rec)
     inputs = [texts] + ([pairs] if pairs is not None else [])
@@ -493,7 +494,7 @@ def predict_adapters_file(base: str, adapters: List[str], adapter_column: Option
 
     records = []
     for i, (name, row) in enumerate(zip(row_names, results)):
-        rec: Dict[str, Any] = {"index": i, "adapter": name}
+        rec: Dict[str, Any] = {"index": i, "line": int(table.lines[i]), "adapter": name}
         if model.head_kinds[name] == "regression":
             rec["prediction"] = float(row[0])
         else:

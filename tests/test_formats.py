@@ -257,7 +257,8 @@ def test_predict_headerless_run_on_a_headed_input_keeps_texts_and_order(headerle
     rows = read_predictions(predict_file(str(headerless_run), str(single), None, [], False, 4, None))
     assert [r["sentence"] for r in rows] == [s.replace("\t", " ") for s in SENTENCES]
     assert [r["index"] for r in rows] == [str(i) for i in range(len(SENTENCES))]
-    assert list(rows[0])[:3] == ["index", "label", "label_id"] and list(rows[0])[-1] == "sentence"
+    assert [r["line"] for r in rows] == [str(i + 2) for i in range(len(SENTENCES))]  # line 1: the header
+    assert list(rows[0])[:4] == ["index", "line", "label", "label_id"] and list(rows[0])[-1] == "sentence"
     for r in rows:
         probs = [float(v) for k, v in r.items() if k.startswith("p_")]
         assert len(probs) == 2 and abs(sum(probs) - 1) < 1e-4
@@ -276,7 +277,7 @@ def test_predict_headerless_run_on_a_headed_input_keeps_texts_and_order(headerle
 
 def test_predict_txt_parquet_and_tsv_agree(headerless_run, tmp_path):
     """The same texts as .txt (one per line), Parquet and a headerless TSV (the run's own column 1) give the same
-    predictions, in the input's order; blank lines of a .txt are not texts."""
+    predictions, in the input's order; blank lines of a .txt are not texts, and each row names its line."""
     from nanoft.commands import predict_file
 
     texts = [s.replace("\t", " ") for s in SENTENCES]
@@ -293,7 +294,11 @@ def test_predict_txt_parquet_and_tsv_agree(headerless_run, tmp_path):
     assert [r["text"] for r in outputs["txt"]] == texts
     assert [r["text"] for r in outputs["parquet"]] == texts
     assert [r["text"] for r in outputs["tsv"]] == texts  # headerless input: its text column is called "text"
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "text"} for r in rows]  # noqa: E731
+    # each prediction says where its text is: a .txt's blank line 2 is skipped; Parquet rows and a headerless TSV
+    # count from 1
+    assert [r["line"] for r in outputs["txt"]] == ["1", "3", "4", "5", "6"]
+    assert [r["line"] for r in outputs["parquet"]] == [r["line"] for r in outputs["tsv"]] == ["1", "2", "3", "4", "5"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("text", "line")} for r in rows]  # noqa: E731
     assert strip(outputs["txt"]) == strip(outputs["parquet"]) == strip(outputs["tsv"])
 
 

@@ -308,6 +308,7 @@ def test_predict_cli_routes_each_row_to_its_adapter(tiny_config, tiny_task, tmp_
     assert code == 0, err
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["index"] for r in rows] == list(range(8)) and [r["text"] for r in rows] == texts
+    assert [r["line"] for r in rows] == list(range(2, 10))  # line 1: the header
     assert [r["adapter"] for r in rows] == names
     for name, run in runs.items():
         # the independent reference: each run's own (merged) model through the single-model predict path
@@ -331,7 +332,7 @@ def test_predict_cli_routes_each_row_to_its_adapter(tiny_config, tiny_task, tmp_
     assert code == 0, err
     header, *lines = out.splitlines()
     columns = header.split("\t")
-    assert columns[:4] == ["index", "adapter", "label", "label_id"] and columns[-1] == "text"
+    assert columns[:5] == ["index", "line", "adapter", "label", "label_id"] and columns[-1] == "text"
     for line, row in zip(lines, rows):
         cells = dict(zip(columns, line.split("\t")))
         assert cells["label"] == row["label"]

@@ -272,10 +272,11 @@ def test_predict_writes_labels_and_probabilities(tiny_config, tiny_task, tmp_pat
     predict_file(str(trainer.run_dir), str(tiny_task["data"] / "dev.tsv"), str(out), [], False, 16, None)
     lines = out.read_text().splitlines()
     header = lines[0].split(",")
-    assert header[:3] == ["index", "label", "label_id"] and len(lines) == 33
+    assert header[:4] == ["index", "line", "label", "label_id"] and len(lines) == 33
     assert header[-1] == "text"  # the input's text column follows the probabilities (#18)
     row = lines[1].split(",")
-    assert abs(sum(float(x) for x in row[3:-1]) - 1) < 1e-4
+    assert row[1] == "2"  # dev.tsv's first example is on the line after its header
+    assert abs(sum(float(x) for x in row[4:-1]) - 1) < 1e-4
 
 
 def test_paths_given_as_path_objects_are_recorded_and_resume(tiny_config, tiny_task, tmp_path):
