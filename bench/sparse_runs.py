@@ -19,7 +19,7 @@ from nanoft.bench.common import compare, format_table, mean_std, write_results
 from nanoft.bench.peft_runs import _runs
 from nanoft.errors import ConfigError
 
-COLUMNS = ("experiment", "prune", "sparsity", "kd", "schedule", "seeds", "best", "of_dense", "diff_points", "welch_t",
+COLUMNS = ("experiment", "prune", "sparsity", "kd", "schedule", "epochs", "seeds", "best", "of_dense", "diff_points", "welch_t",
            "final", "pruned_%", "encoder_linear_%", "model_%", "examples_per_s")
 
 
@@ -66,6 +66,7 @@ def experiment_rows(root: Path, metric: str, baseline: str = "dense") -> List[Di
             "experiment": name, "prune": c.get("prune") or "-",
             "sparsity": c.get("sparsity") if c.get("prune") else "-",
             "kd": "yes" if c.get("distill_from") else "no", "schedule": c.get("schedule", "linear"),
+            "epochs": c.get("epochs", "-"),
             "seeds": sorted(int(r["config"]["seed"]) for r in runs),
             "best": _pm(best), "best_mean": round(mean_std(best)[0], 4),
             "per_seed": [round(v, 4) for v in best],

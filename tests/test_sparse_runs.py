@@ -33,7 +33,7 @@ def study(tmp_path):
     counts = {"pruned": 0.8, "encoder_linear": 0.8, "model": 0.374}
     for seed, acc in ((1, 0.88), (2, 0.89), (3, 0.87)):
         write_run(root / "rigl80" / f"seed{seed}", f'seed = {seed}\nprune = "rigl"\nsparsity = 0.8\n'
-                  f'distill_from = "x"\n', acc, acc - 0.02, counts, speed=80.0)
+                  f'distill_from = "x"\nepochs = 2\n', acc, acc - 0.02, counts, speed=80.0)
     write_run(root / "magnitude80" / "seed1", 'seed = 1\nprune = "magnitude"\nsparsity = 0.8\n', 0.85, 0.85, counts)
     return tmp_path / "sparse"
 
@@ -60,7 +60,7 @@ def test_sparse_runs_table_equals_a_hand_computation(study, tmp_path, monkeypatc
     assert row["diff_points"] == pytest.approx(100 * (statistics.mean(sparse) - statistics.mean(dense)), abs=0.005)
     assert row["welch_t"] == pytest.approx((statistics.mean(sparse) - statistics.mean(dense)) / se, abs=0.005)
     assert (row["pruned_%"], row["encoder_linear_%"], row["model_%"]) == (80.0, 80.0, 37.4)
-    assert row["kd"] == "yes" and row["prune"] == "rigl" and row["seeds"] == [1, 2, 3]
+    assert row["kd"] == "yes" and row["prune"] == "rigl" and row["seeds"] == [1, 2, 3] and row["epochs"] == 2
     assert rows["dense"]["examples_per_s"] == pytest.approx(102.0) and rows["dense"]["pruned_%"] == "-"
     assert rows["magnitude80"]["welch_t"] == "-" and rows["magnitude80"]["kd"] == "no"  # one seed: no t
 
