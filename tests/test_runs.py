@@ -239,3 +239,23 @@ def test_info_describes_a_run_directory_by_its_best_model(tiny_config, tmp_path)
     # everything after the model line equals describing best/ directly: same sizes, parameter count, tokenizer
     assert result.output.splitlines()[1:] == direct.output.splitlines()[1:]
     assert "tokenizer:  none" not in result.output
+
+
+@pytest.mark.parametrize("preset", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "experiments"))))
+def test_every_committed_preset_plans_valid_runs_whose_teachers_are_runs_of_the_same_study(preset):
+    """The recipes behind the results files stay runnable: each run's options validate, its output lies under the
+    file's root, and a --distill-from teacher is a run the same file plans first or a run linked under its root."""
+    from pathlib import Path
+
+    from nanoft.experiment import plan
+
+    root, runs = plan(os.path.join(os.path.dirname(__file__), "..", "experiments", preset))
+    assert runs and len({str(r["output"]) for r in runs}) == len(runs)  # no two runs share a folder
+    for i, r in enumerate(runs):
+        config = r["config"].validate()
+        assert Path(r["output"]).is_relative_to(root) and config.seed == r["seed"]
+        if config.distill_from is not None:
+            teacher = Path(config.distill_from)
+            assert teacher.is_relative_to(root), f"{r['name']}: teacher {teacher} is outside {root}"
+            planned = [k for k, other in enumerate(runs) if Path(other["output"]) == teacher]
+            assert not planned or planned[0] < i, f"{r['name']} is planned before its teacher {teacher}"
