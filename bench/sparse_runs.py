@@ -19,8 +19,8 @@ from nanoft.bench.common import compare, format_table, mean_std, write_results
 from nanoft.bench.peft_runs import _runs
 from nanoft.errors import ConfigError
 
-COLUMNS = ("experiment", "prune", "sparsity", "kd", "schedule", "epochs", "seeds", "best", "of_dense", "diff_points", "welch_t",
-           "final", "pruned_%", "encoder_linear_%", "model_%", "examples_per_s")
+COLUMNS = ("experiment", "prune", "sparsity", "kd", "schedule", "epochs", "seeds", "best", "of_dense", "diff_points",
+           "welch_t", "final", "pruned_%", "encoder_linear_%", "model_%", "examples_per_s")
 
 
 def _pm(values: Sequence[float], digits: int = 4) -> str:

@@ -366,7 +366,8 @@ def eval_command(run_or_model: str, task: Optional[str], split: Optional[str], d
 def predict(run_or_model: str, input_file: str, output_file: Optional[str], text_columns: tuple, no_header: bool,
             batch_size: int, max_length: Optional[int], adapters: tuple, adapter_column: Optional[str]) -> None:
     """Predict labels (with names and probabilities) for every row of a file; the output keeps the texts and
-    each row's line in the input. With --adapter: many adapters on one base, each row with its own adapter, head and labels."""
+    each row's line in the input. With --adapter: many adapters on one base, each row with its own adapter, head
+    and labels."""
     from nanoft.commands import predict_adapters_file, predict_file
 
     if adapters:
