@@ -120,7 +120,7 @@ def write_results(name: str, rows: Sequence[Dict[str, Any]], *, meta: Optional[D
                   notes: str = "") -> Dict[str, Path]:
     """Write `<name>.json` and `<name>.md` with rows, environment and the command line."""
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
-    command = " ".join(["nanoft" if i == 0 and a.endswith("nanoft") else shlex.quote(a) for i, a in enumerate(sys.argv)])
+    command = shlex.join("nanoft" if i == 0 and a.endswith("nanoft") else a for i, a in enumerate(sys.argv))
     payload = {"name": name, "command": command, "environment": environment(), "meta": meta or {},
                "rows": list(rows), "notes": notes}
     json_path = out_dir / f"{name}.json"

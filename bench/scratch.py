@@ -119,7 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         models.append((label, str(default_model_path()) if directory == "installed" else directory, None))
     rows, table = glue_rows(models, args.glue_root, args.data_dir, dev_tasks, int(config["max_length"]))
     points = curve(run, tokens_per_step)
-    built = json.loads((run / "step-0" / "config.json").read_text()) if (run / "step-0" / "config.json").is_file() else {}
+    step0 = run / "step-0" / "config.json"  # the built model's sizes (the run's config may leave them to defaults)
+    built = json.loads(step0.read_text()) if step0.is_file() else {}
     sizes = {"family": config.get("family"), **{k: built.get(k) for k in ("num_hidden_layers", "hidden_size",
                                                                           "num_attention_heads", "intermediate_size",
                                                                           "vocab_size")}}

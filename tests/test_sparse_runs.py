@@ -72,3 +72,19 @@ def test_sparse_runs_without_the_dense_experiment_is_one_line(tmp_path):
     write_run(tmp_path / "runs" / "rigl80" / "seed1", "seed = 1\n", 0.9, 0.9)
     with pytest.raises(ConfigError, match="no 'dense' experiment"):
         main([str(tmp_path / "runs")])
+
+
+def test_results_record_a_command_that_splits_back_into_the_arguments_given(study, tmp_path, monkeypatch):
+    import shlex
+    import sys
+
+    from nanoft.bench import common
+    from nanoft.bench.sparse_runs import main
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    args = [str(study), "--metric", "accuracy", "--name", "quoted", "--notes", str(tmp_path / "my notes.md")]
+    (tmp_path / "my notes.md").write_text("it's noted")
+    monkeypatch.setattr(sys, "argv", ["/somewhere/.venv/bin/nanoft", "bench", "sparse-runs"] + args)
+    main(args)
+    command = json.loads((tmp_path / "quoted.json").read_text())["command"]
+    assert shlex.split(command) == ["nanoft", "bench", "sparse-runs"] + args
